@@ -1,0 +1,9 @@
+"""EfficientNet B0-B7 for MosaicML Composer: models, algorithms, data and YAML recipes."""
+
+from composer_efficientnet.composer_model import EfficientNetClassifier, composer_efficientnet, composer_efficientnetb0
+from composer_efficientnet.efficientnet import EfficientNet
+from composer_efficientnet import algorithms  # noqa: F401  (lets Composer's StochasticDepth target our blocks)
+
+__version__ = '0.1.0'
+
+__all__ = ['EfficientNet', 'EfficientNetClassifier', 'composer_efficientnet', 'composer_efficientnetb0', '__version__']

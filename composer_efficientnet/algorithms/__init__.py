@@ -1,0 +1,13 @@
+"""Composer algorithms for EfficientNet training, each with its functional form.
+
+Importing this package also lets Composer's own ``StochasticDepth`` target our blocks as
+``target_layer_name='EfficientNetMBConv'`` (sample method).
+"""
+
+from composer_efficientnet.algorithms.label_smoothing import LabelSmoothing, apply_label_smoothing
+from composer_efficientnet.algorithms.sample_stochastic_depth import (SampleStochasticDepth,
+                                                                      apply_sample_stochastic_depth,
+                                                                      block_drop_rates)
+
+__all__ = ['SampleStochasticDepth', 'apply_sample_stochastic_depth', 'block_drop_rates', 'LabelSmoothing',
+           'apply_label_smoothing']

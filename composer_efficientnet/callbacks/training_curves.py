@@ -1,0 +1,88 @@
+"""A callback that draws training loss and validation metrics to a PNG beside the run's checkpoints."""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from composer.callbacks import CheckpointSaver
+from composer.core import Callback, State
+from composer.loggers import Logger
+from composer.utils import dist, format_name_with_dist
+
+__all__ = ['TrainingCurves']
+
+
+class TrainingCurves(Callback):
+    """Plot the training loss per batch and every validation metric per evaluation, rewritten at each
+    evaluation and at the end of the run.
+
+    Losses are kept on the device and read once per epoch, so the callback adds no host sync to the step.
+
+    Args:
+        filename: the PNG's name.
+        folder: where to write it; by default the checkpoint folder, else ``{run_name}``.
+    """
+
+    def __init__(self, filename: str = 'training_curves.png', folder: Optional[str] = None) -> None:
+        self.filename = filename
+        self.folder = folder
+        self._pending: List[Tuple[int, torch.Tensor]] = []
+        self.train_loss: List[Tuple[int, float]] = []
+        self.eval_metrics: Dict[str, List[Tuple[int, float]]] = {}
+
+    def after_backward(self, state: State, logger: Logger) -> None:
+        if isinstance(state.loss, torch.Tensor):
+            self._pending.append((int(state.timestamp.batch), state.loss.detach().float().reshape(())))
+
+    def epoch_end(self, state: State, logger: Logger) -> None:
+        self._flush()
+
+    def eval_end(self, state: State, logger: Logger) -> None:
+        batch = int(state.timestamp.batch)
+        for label, metrics in state.eval_metrics.items():
+            for name, metric in metrics.items():
+                self.eval_metrics.setdefault(f'{label}/{name}', []).append((batch, float(metric.compute())))
+        self._write(state)
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        self._write(state)
+
+    def _flush(self) -> None:
+        if self._pending:
+            values = torch.stack([loss for _, loss in self._pending]).cpu().tolist()
+            self.train_loss.extend(zip((step for step, _ in self._pending), values))
+            self._pending.clear()
+
+    def output_path(self, state: State) -> str:
+        """Where the PNG goes for this run."""
+        folder = self.folder
+        if folder is None:
+            savers = [cb for cb in state.callbacks if isinstance(cb, CheckpointSaver)]
+            folder = savers[0].folder if savers else '{run_name}'
+        return os.path.join(format_name_with_dist(folder, state.run_name), self.filename)
+
+    def _write(self, state: State) -> None:
+        self._flush()
+        if dist.get_global_rank() != 0:
+            return
+        import matplotlib
+        matplotlib.use('Agg')
+        from matplotlib import pyplot as plt
+        fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(11, 4))
+        if self.train_loss:
+            loss_ax.plot(*zip(*self.train_loss), lw=0.8, label='train loss')
+        loss_ax.set(xlabel='batch', ylabel='loss', title='Training loss')
+        for name, points in self.eval_metrics.items():
+            metric_ax.plot(*zip(*points), marker='o', label=name)
+        metric_ax.set(xlabel='batch', title='Validation')
+        for ax in (loss_ax, metric_ax):
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend()
+        fig.tight_layout()
+        path = self.output_path(state)
+        os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)

@@ -1,0 +1,49 @@
+"""The embedded dataset behind the quickstart: scikit-learn's bundled handwritten digits (1,797 8x8 scans)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from composer.core import DataSpec
+from sklearn.datasets import load_digits
+from torch.utils.data import TensorDataset
+
+from composer_efficientnet.data.loading import make_dataloader
+from composer_efficientnet.data.transforms import NormalizeOnDevice
+
+__all__ = ['digits_tensors', 'build_digits_dataspec']
+
+
+def digits_tensors(is_train: bool, image_size: int = 32, holdout_fraction: float = 0.2,
+                   split_seed: int = 0) -> TensorDataset:
+    """The train or held-out part of the digits as uint8 RGB images of ``image_size`` and int64 labels.
+
+    The split is a fixed permutation from ``split_seed``, so train and held-out never overlap.
+    """
+    if not 0.0 < holdout_fraction < 1.0:
+        raise ValueError(f'holdout_fraction must be in (0, 1), got {holdout_fraction}.')
+    if image_size < 8:
+        raise ValueError(f'image_size must be at least 8 (the scans are 8x8), got {image_size}.')
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).float().unsqueeze(1) * (255.0 / 16.0)
+    images = F.interpolate(images, size=(image_size, image_size), mode='bilinear', align_corners=False)
+    images = images.round().clamp_(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    labels = torch.from_numpy(digits.target).long()
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(split_seed))
+    num_holdout = int(round(len(labels) * holdout_fraction))
+    chosen = order[num_holdout:] if is_train else order[:num_holdout]
+    return TensorDataset(images[chosen], labels[chosen])
+
+
+def build_digits_dataspec(is_train: bool = True, image_size: int = 32, holdout_fraction: float = 0.2,
+                          split_seed: int = 0, shuffle: Optional[bool] = None, drop_last: bool = False, *,
+                          batch_size: int, seed: int = 17,
+                          dataloader_kwargs: Optional[Dict[str, Any]] = None) -> DataSpec:
+    """A Composer DataSpec over the digits; ``shuffle`` defaults to ``is_train``."""
+    dataset = digits_tensors(is_train, image_size, holdout_fraction, split_seed)
+    shuffle = is_train if shuffle is None else shuffle
+    loader = make_dataloader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
+                             dataloader_kwargs=dataloader_kwargs)
+    return DataSpec(loader, device_transforms=NormalizeOnDevice())

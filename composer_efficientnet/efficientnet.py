@@ -1,0 +1,194 @@
+"""The EfficientNet family of Tan & Le (arXiv 1905.11946), B0 to B7, as one builder over two small tables."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, List, Optional
+
+import torch
+from torch import nn
+
+from composer_efficientnet.layers import ActLayer, ConvNormAct, MBConv, NormLayer
+
+__all__ = ['EfficientNet', 'StageConfig', 'MemberConfig', 'B0_STAGES', 'MEMBERS', 'canonical_name', 'block_drop_rates']
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One stage of B0's baseline network, before compound scaling."""
+    expand_ratio: int
+    kernel_size: int
+    stride: int
+    out_channels: int
+    num_blocks: int
+
+
+#: Table 1 of the paper: the stages between the stem (32 channels) and the head (1280 channels).
+B0_STAGES = (
+    StageConfig(1, 3, 1, 16, 1),
+    StageConfig(6, 3, 2, 24, 2),
+    StageConfig(6, 5, 2, 40, 2),
+    StageConfig(6, 3, 2, 80, 3),
+    StageConfig(6, 5, 1, 112, 3),
+    StageConfig(6, 5, 2, 192, 4),
+    StageConfig(6, 3, 1, 320, 1),
+)
+STEM_CHANNELS = 32
+HEAD_CHANNELS = 1280
+SE_RATIO = 0.25
+
+
+@dataclass(frozen=True)
+class MemberConfig:
+    """Compound scaling coefficients of one member, with the paper's reported figures for comparison."""
+    width: float
+    depth: float
+    resolution: int
+    dropout: float
+    paper_params_m: float
+    paper_gflops: float  # the paper's "FLOPs": multiply-adds, in billions
+    paper_top1: float
+
+
+MEMBERS = {
+    'efficientnet_b0': MemberConfig(1.0, 1.0, 224, 0.2, 5.3, 0.39, 77.1),
+    'efficientnet_b1': MemberConfig(1.0, 1.1, 240, 0.2, 7.8, 0.70, 79.1),
+    'efficientnet_b2': MemberConfig(1.1, 1.2, 260, 0.3, 9.2, 1.0, 80.1),
+    'efficientnet_b3': MemberConfig(1.2, 1.4, 300, 0.3, 12, 1.8, 81.6),
+    'efficientnet_b4': MemberConfig(1.4, 1.8, 380, 0.4, 19, 4.2, 82.9),
+    'efficientnet_b5': MemberConfig(1.6, 2.2, 456, 0.4, 30, 9.9, 83.6),
+    'efficientnet_b6': MemberConfig(1.8, 2.6, 528, 0.5, 43, 19, 84.0),
+    'efficientnet_b7': MemberConfig(2.0, 3.1, 600, 0.5, 66, 37, 84.3),
+}
+
+
+def canonical_name(name: str) -> str:
+    """Map ``efficientnet_b3``, ``efficientnet-b3`` or ``efficientnetb3`` (any case) to ``efficientnet_b3``."""
+    key = str(name).strip().lower().replace('-', '_')
+    if key.startswith('efficientnetb'):
+        key = 'efficientnet_b' + key[len('efficientnetb'):]
+    if key not in MEMBERS:
+        close = difflib.get_close_matches(key, MEMBERS, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ''
+        raise ValueError(f"Unknown EfficientNet member '{name}'.{hint} Valid names: {', '.join(MEMBERS)} "
+                         "(also spelled efficientnet-bN or efficientnetbN).")
+    return key
+
+
+DROP_DISTRIBUTIONS = ('linear', 'uniform')
+
+
+def block_drop_rates(num_blocks: int, drop_rate: float, drop_distribution: str = 'linear') -> List[float]:
+    """Stochastic-depth rate of each of ``num_blocks`` blocks: ``drop_rate * i / n`` for block ``i`` (linear,
+    the first block 0) or ``drop_rate`` for all (uniform)."""
+    if isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float)) or not 0.0 <= drop_rate < 1.0:
+        raise ValueError(f'drop_rate must be a number in [0, 1), got {drop_rate!r}.')
+    if drop_distribution not in DROP_DISTRIBUTIONS:
+        raise ValueError(f"drop_distribution must be one of {', '.join(DROP_DISTRIBUTIONS)}, got {drop_distribution!r}.")
+    if drop_distribution == 'uniform':
+        return [float(drop_rate)] * num_blocks
+    return [drop_rate * i / num_blocks for i in range(num_blocks)]
+
+
+def make_divisible(channels: float, divisor: int = 8) -> int:
+    """Round to the nearest multiple of ``divisor``, never more than 10% below ``channels``."""
+    rounded = max(divisor, int(channels + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * channels else rounded
+
+
+class EfficientNet(nn.Module):
+    """An EfficientNet: stem, seven stages of MBConv blocks, 1x1 head, pooling, dropout, classifier.
+
+    Block ``i`` of ``n`` gets the stochastic-depth rate ``drop_connect_rate * i / n``; read or change
+    the rates at run time with :meth:`drop_rates` and :meth:`set_drop_rates`.
+
+    Example:
+        >>> from composer_efficientnet import EfficientNet
+        >>> model = EfficientNet.from_name('efficientnet-b0', num_classes=10)
+        >>> sum(p.numel() for p in model.parameters())
+        4020358
+    """
+
+    def __init__(self, width: float = 1.0, depth: float = 1.0, num_classes: int = 1000, dropout: float = 0.2,
+                 drop_connect_rate: float = 0.2, bn_momentum: float = 0.1, bn_eps: float = 1e-5,
+                 norm_layer: Optional[NormLayer] = None, act_layer: ActLayer = nn.SiLU,
+                 stages: tuple = B0_STAGES) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f'num_classes must be a positive integer, got {num_classes}.')
+        self.num_classes = num_classes
+        norm_layer = norm_layer or partial(nn.BatchNorm2d, momentum=bn_momentum, eps=bn_eps)
+        channels = make_divisible(STEM_CHANNELS * width)
+        self.stem = ConvNormAct(3, channels, 3, norm_layer, act_layer, stride=2)
+        repeats = [math.ceil(stage.num_blocks * depth) for stage in stages]
+        drop_rates = iter(block_drop_rates(sum(repeats), drop_connect_rate))
+        stage_modules: List[nn.Sequential] = []
+        for stage, num_blocks in zip(stages, repeats):
+            out_channels = make_divisible(stage.out_channels * width)
+            blocks = []
+            for i in range(num_blocks):
+                blocks.append(MBConv(channels, out_channels, stage.kernel_size, stage.stride if i == 0 else 1,
+                                     stage.expand_ratio, SE_RATIO, norm_layer, act_layer,
+                                     drop_rate=next(drop_rates)))
+                channels = out_channels
+            stage_modules.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stage_modules)
+        self.num_features = make_divisible(HEAD_CHANNELS * width)
+        self.head = ConvNormAct(channels, self.num_features, 1, norm_layer, act_layer)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(self.num_features, num_classes)
+        self.reset_parameters()
+
+    @classmethod
+    def from_name(cls, name: str, num_classes: int = 1000, **overrides: Any) -> 'EfficientNet':
+        """Build member ``name`` (``efficientnet_b0`` ... ``efficientnet_b7``) with the paper's scaling.
+
+        ``overrides`` replace any constructor argument, ``dropout`` and ``drop_connect_rate`` included.
+        """
+        member = MEMBERS[canonical_name(name)]
+        kwargs = {'width': member.width, 'depth': member.depth, 'dropout': member.dropout, **overrides}
+        return cls(num_classes=num_classes, **kwargs)
+
+    def reset_parameters(self) -> None:
+        """Initialize as the TF reference and timm do: conv std sqrt(2/fan_out) (fan-out per group), BN 1 and 0,
+        classifier uniform in +-1/sqrt(num_classes)."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+                nn.init.normal_(module.weight, std=math.sqrt(2.0 / fan_out))
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                bound = 1.0 / math.sqrt(module.out_features)
+                nn.init.uniform_(module.weight, -bound, bound)
+                nn.init.zeros_(module.bias)
+
+    def blocks(self) -> List[MBConv]:
+        """Every MBConv block, in depth order."""
+        return [block for stage in self.stages for block in stage]
+
+    def drop_rates(self) -> List[float]:
+        """The current stochastic-depth rate of every block (0 for blocks without a residual)."""
+        return [block.drop_rate for block in self.blocks()]
+
+    def set_drop_rates(self, rates: List[float]) -> None:
+        """Set each block's stochastic-depth rate; blocks without a residual ignore theirs."""
+        blocks = self.blocks()
+        if len(rates) != len(blocks):
+            raise ValueError(f'Expected {len(blocks)} drop rates, one per block, got {len(rates)}.')
+        for block, rate in zip(blocks, rates):
+            block.drop_rate = rate
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features before dropout and the classifier."""
+        return self.pool(self.head(self.stages(self.stem(x)))).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.forward_features(x)))

@@ -1,0 +1,125 @@
+"""Building blocks of EfficientNet: sample-wise drop path, conv-norm-activation, squeeze-excite, MBConv.
+
+Blocks take their norm and activation layers as arguments so one implementation serves every member
+and every normalization choice.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Union
+
+import torch
+from torch import nn
+
+__all__ = ['drop_path', 'ConvNormAct', 'SqueezeExcite', 'MBConv']
+
+NormLayer = Callable[[int], nn.Module]
+ActLayer = Callable[[], nn.Module]
+
+
+def _keep_scale(x: torch.Tensor, drop_rate: Union[float, torch.Tensor]) -> torch.Tensor:
+    """Per-sample factor, 0 for dropped samples and 1/(1-rate) for survivors, shaped to broadcast over x.
+
+    The uniform draw and the comparison are done in float32 whatever ``x``'s dtype, so the drop
+    probability is exact under bf16/fp16 autocast; only the final factor is cast to ``x.dtype``.
+    """
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    keep_prob = 1.0 - drop_rate
+    keep = torch.rand(shape, dtype=torch.float32, device=x.device) < keep_prob
+    return (keep.to(torch.float32) / keep_prob).to(x.dtype)
+
+
+def drop_path(x: torch.Tensor, drop_rate: Union[float, torch.Tensor], training: bool) -> torch.Tensor:
+    """Sample-wise stochastic depth: zero whole samples of a residual branch with probability ``drop_rate``.
+
+    Survivors are scaled by ``1 / (1 - drop_rate)`` so the expectation is unchanged; in eval mode, or
+    with a rate of zero given as a Python number, ``x`` is returned as it is. ``drop_rate`` may be a
+    0-d tensor (on ``x``'s device), which lets it change during training without a host sync or a
+    ``torch.compile`` recompilation.
+
+    Example:
+        >>> import torch
+        >>> from composer_efficientnet.layers import drop_path
+        >>> y = drop_path(torch.ones(4, 8), drop_rate=0.5, training=True)
+        >>> sorted(set(y[:, 0].tolist())) in ([0.0], [2.0], [0.0, 2.0])
+        True
+    """
+    if not training or (isinstance(drop_rate, (int, float)) and drop_rate == 0):
+        return x
+    return x * _keep_scale(x, drop_rate)
+
+
+class ConvNormAct(nn.Sequential):
+    """Convolution without bias, normalization, and an optional activation (``act_layer=None``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, norm_layer: NormLayer,
+                 act_layer: Optional[ActLayer], stride: int = 1, groups: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=(kernel_size - 1) // 2,
+                              groups=groups, bias=False)
+        self.bn = norm_layer(out_channels)
+        if act_layer is not None:
+            self.act = act_layer()
+
+
+class SqueezeExcite(nn.Module):
+    """Channel attention: global average pool, reduce, activate, expand, sigmoid gate."""
+
+    def __init__(self, channels: int, reduced_channels: int, act_layer: ActLayer) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, reduced_channels, 1)
+        self.act = act_layer()
+        self.expand = nn.Conv2d(reduced_channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = x.mean((2, 3), keepdim=True)
+        scale = self.expand(self.act(self.reduce(scale)))
+        return x * scale.sigmoid()
+
+
+class MBConv(nn.Module):
+    """Mobile inverted bottleneck with squeeze-excite and sample-wise stochastic depth.
+
+    With ``expand_ratio == 1`` it is the depthwise-separable block of EfficientNet's first stage (no
+    expansion convolution). The projection has no activation. The residual connection, and with it
+    stochastic depth, exists when the block keeps resolution and width.
+
+    ``drop_rate`` is a property backed by a non-persistent buffer: it can be read and set at run time
+    (by a schedule, say) without touching the state dict's keys, and setting it costs no host sync.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, expand_ratio: int,
+                 se_ratio: float, norm_layer: NormLayer, act_layer: ActLayer, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        mid_channels = in_channels * expand_ratio
+        self.expand = (ConvNormAct(in_channels, mid_channels, 1, norm_layer, act_layer)
+                       if expand_ratio != 1 else nn.Identity())
+        self.depthwise = ConvNormAct(mid_channels, mid_channels, kernel_size, norm_layer, act_layer, stride=stride,
+                                     groups=mid_channels)
+        self.se = SqueezeExcite(mid_channels, max(1, int(in_channels * se_ratio)), act_layer)
+        self.project = ConvNormAct(mid_channels, out_channels, 1, norm_layer, act_layer=None)
+        self.has_residual = stride == 1 and in_channels == out_channels
+        self.register_buffer('_drop_rate_tensor', torch.tensor(0.0), persistent=False)
+        self.drop_rate = drop_rate
+
+    @property
+    def drop_rate(self) -> float:
+        """Probability that a sample skips this block's branch in training (0 without a residual)."""
+        return self._drop_rate
+
+    @drop_rate.setter
+    def drop_rate(self, rate: float) -> None:
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f'drop_rate must be in [0, 1), got {rate}.')
+        self._drop_rate = float(rate) if self.has_residual else 0.0
+        self._drop_active = self._drop_rate > 0  # the only Python value forward reads: torch.compile guards on it
+        with torch.no_grad():
+            self._drop_rate_tensor.fill_(self._drop_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.project(self.se(self.depthwise(self.expand(x))))
+        if not self.has_residual:
+            return out
+        if self.training and self._drop_active:
+            return torch.addcmul(x, out, _keep_scale(out, self._drop_rate_tensor))
+        return x + out

@@ -1,0 +1,176 @@
+"""Import pretrained weights from torchvision or timm checkpoints, offline, with all-or-nothing checks.
+
+Both libraries' ``efficientnet_bN`` share our architecture exactly, so importing is renaming keys.
+Users pass a file or a state dict; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Callable, Dict, Iterable, Mapping, Tuple, Union
+
+import torch
+from torch import nn
+
+__all__ = ['from_torchvision', 'from_timm', 'detect_format', 'read_state_dict', 'to_native', 'load_pretrained',
+           'source_bn_overrides', 'WeightsError']
+
+StateDict = Dict[str, torch.Tensor]
+_CONV_NORM = {'0': 'conv', '1': 'bn'}
+
+
+class WeightsError(ValueError):
+    """A weight file or state dict that cannot be loaded; the message names the offending keys."""
+
+
+def _rename_all(state_dict: Mapping[str, torch.Tensor], rename: Callable[[str], str], source: str) -> StateDict:
+    renamed, unknown = {}, []
+    for key, value in state_dict.items():
+        try:
+            renamed[rename(key)] = value
+        except KeyError:
+            unknown.append(key)
+    if unknown:
+        raise WeightsError(f'{len(unknown)} key(s) of the {source} state dict have no counterpart in '
+                           f'composer_efficientnet.EfficientNet: {_some(unknown)}')
+    return renamed
+
+
+def _some(keys: Iterable[str], limit: int = 8) -> str:
+    keys = sorted(keys)
+    more = f' ... and {len(keys) - limit} more' if len(keys) > limit else ''
+    return ', '.join(keys[:limit]) + more
+
+
+def from_torchvision(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
+    """Rename a ``torchvision.models.efficientnet_bN`` state dict to this package's keys.
+
+    Example:
+        >>> import torchvision
+        >>> from composer_efficientnet import EfficientNet, weights
+        >>> ours = EfficientNet.from_name('efficientnet_b0')
+        >>> ours.load_state_dict(weights.from_torchvision(torchvision.models.efficientnet_b0().state_dict()))
+        <All keys matched successfully>
+    """
+    head_index = max((int(k.split('.')[1]) for k in state_dict if k.startswith('features.')), default=-1)
+    expanded_blocks = {k.split('.block.')[0] for k in state_dict if re.match(r'features\.\d+\.\d+\.block\.3\.', k)}
+
+    def rename(key: str) -> str:
+        if match := re.fullmatch(r'features\.(\d+)\.([01])\.(\w+)', key):
+            part = {'0': 'stem', str(head_index): 'head'}[match[1]]
+            return f'{part}.{_CONV_NORM[match[2]]}.{match[3]}'
+        if match := re.fullmatch(r'(features\.(\d+)\.(\d+))\.block\.(\d)\.(\w+)\.(\w+)', key):
+            layers = ['expand', 'depthwise', 'se', 'project'] if match[1] in expanded_blocks else [
+                'depthwise', 'se', 'project']
+            layer = layers[int(match[4])]
+            child = {'fc1': 'reduce', 'fc2': 'expand'}[match[5]] if layer == 'se' else _CONV_NORM[match[5]]
+            return f'stages.{int(match[2]) - 1}.{match[3]}.{layer}.{child}.{match[6]}'
+        if match := re.fullmatch(r'classifier\.1\.(\w+)', key):
+            return f'classifier.{match[1]}'
+        raise KeyError(key)
+
+    return _rename_all(state_dict, rename, 'torchvision')
+
+
+_TIMM_INVERTED_RESIDUAL = {'conv_pw': 'expand.conv', 'bn1': 'expand.bn', 'conv_dw': 'depthwise.conv',
+                           'bn2': 'depthwise.bn', 'conv_pwl': 'project.conv', 'bn3': 'project.bn'}
+_TIMM_DEPTHWISE_SEPARABLE = {'conv_dw': 'depthwise.conv', 'bn1': 'depthwise.bn', 'conv_pw': 'project.conv',
+                             'bn2': 'project.bn'}
+_TIMM_TOP = {'conv_stem': 'stem.conv', 'bn1': 'stem.bn', 'conv_head': 'head.conv', 'bn2': 'head.bn',
+             'classifier': 'classifier'}
+
+
+def from_timm(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
+    """Rename a ``timm`` ``efficientnet_bN`` state dict to this package's keys."""
+    inverted_residuals = {k.split('.conv_pwl.')[0] for k in state_dict if '.conv_pwl.' in k}
+
+    def rename(key: str) -> str:
+        if match := re.fullmatch(r'(blocks\.(\d+)\.(\d+))\.(se\.conv_reduce|se\.conv_expand|\w+)\.(\w+)', key):
+            prefix = f'stages.{match[2]}.{match[3]}'
+            if match[4].startswith('se.'):
+                return f'{prefix}.se.{match[4][len("se.conv_"):]}.{match[5]}'
+            table = _TIMM_INVERTED_RESIDUAL if match[1] in inverted_residuals else _TIMM_DEPTHWISE_SEPARABLE
+            return f'{prefix}.{table[match[4]]}.{match[5]}'
+        if match := re.fullmatch(r'(\w+)\.(\w+)', key):
+            return f'{_TIMM_TOP[match[1]]}.{match[2]}'
+        raise KeyError(key)
+
+    return _rename_all(state_dict, rename, 'timm')
+
+
+_FORMATS: Dict[str, Tuple[str, Callable[[Mapping[str, torch.Tensor]], StateDict]]] = {
+    'torchvision': ('features.0.0.weight', from_torchvision),
+    'timm': ('conv_stem.weight', from_timm),
+    'composer_efficientnet': ('stem.conv.weight', dict),
+}
+
+
+def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Say whether a state dict comes from torchvision, timm or this package, by its stem's key."""
+    for name, (stem_key, _) in _FORMATS.items():
+        if stem_key in state_dict:
+            return name
+    raise WeightsError('Unrecognized EfficientNet state dict: expected a torchvision (features.0.0.weight), timm '
+                       f'(conv_stem.weight) or composer_efficientnet (stem.conv.weight) checkpoint; its first keys '
+                       f'are: {_some(list(state_dict)[:8])}')
+
+
+def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
+    """Read a state dict from a ``.pth``/``.pt``/``.bin`` or ``.safetensors`` file, unwrapping the usual
+    containers (``state_dict``, ``model``, a Composer checkpoint's ``state.model`` and ``module.`` prefixes)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise WeightsError(f"Pretrained weights file '{path}' does not exist.")
+    try:
+        if path.endswith('.safetensors'):
+            from safetensors.torch import load_file
+            loaded = load_file(path)
+        else:
+            loaded = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any reader failure means the same thing to the user
+        raise WeightsError(f"Could not read pretrained weights file '{path}': {error}") from None
+    for container in ('state', 'model', 'state_dict'):
+        if isinstance(loaded, Mapping) and isinstance(loaded.get(container), Mapping):
+            loaded = loaded[container]
+    if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise WeightsError(f"Pretrained weights file '{path}' does not hold a state dict of tensors.")
+    return {re.sub(r'^(module\.|model\.)+', '', key): value for key, value in loaded.items()}
+
+
+def to_native(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
+    """Convert a torchvision, timm or native state dict to this package's keys."""
+    return _FORMATS[detect_format(state_dict)][1](state_dict)
+
+
+def source_bn_overrides(state_dict: Mapping[str, torch.Tensor], name: str) -> Dict[str, float]:
+    """BatchNorm settings the source was trained with where they differ from ours (torchvision's B5-B7,
+    ported from TensorFlow, use eps 1e-3); building with them keeps eval outputs equal to the source's."""
+    if detect_format(state_dict) == 'torchvision' and name in ('efficientnet_b5', 'efficientnet_b6',
+                                                                'efficientnet_b7'):
+        return {'bn_eps': 1e-3}
+    return {}
+
+
+def load_pretrained(model: nn.Module, source: Union[str, os.PathLike, Mapping[str, torch.Tensor]],
+                    skip_prefixes: Tuple[str, ...] = ()) -> None:
+    """Load torchvision, timm or native weights into ``model``, all or nothing.
+
+    Keys under ``skip_prefixes`` (``('classifier.',)`` to fine-tune on other classes) keep their
+    initialization. Missing, unexpected or differently shaped keys raise :class:`WeightsError` naming them,
+    before any parameter is changed.
+    """
+    state_dict = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else source
+    incoming = {k: v for k, v in to_native(state_dict).items() if not k.startswith(skip_prefixes)}
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(skip_prefixes)}
+    problems = []
+    if missing := expected.keys() - incoming.keys():
+        problems.append(f'missing {_some(missing)}')
+    if unexpected := incoming.keys() - expected.keys():
+        problems.append(f'unexpected {_some(unexpected)}')
+    if mismatched := [f'{k} {tuple(incoming[k].shape)} vs {tuple(v.shape)}' for k, v in expected.items()
+                      if k in incoming and incoming[k].shape != v.shape]:
+        problems.append(f'shape (checkpoint vs model) {_some(mismatched)}')
+    if problems:
+        raise WeightsError('Pretrained weights do not fit this model (is it the same member?): ' + '; '.join(problems))
+    model.load_state_dict(incoming, strict=not skip_prefixes)
