@@ -6,6 +6,7 @@ Users pass a file or a state dict; nothing is downloaded.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from typing import Callable, Dict, Iterable, Mapping, Tuple, Union
@@ -13,8 +14,10 @@ from typing import Callable, Dict, Iterable, Mapping, Tuple, Union
 import torch
 from torch import nn
 
+from composer_efficientnet.efficientnet import B0_STAGES, HEAD_CHANNELS, MEMBERS, make_divisible
+
 __all__ = ['from_torchvision', 'from_timm', 'detect_format', 'read_state_dict', 'to_native', 'load_pretrained',
-           'source_bn_overrides', 'WeightsError']
+           'source_bn_overrides', 'guess_member', 'WeightsError']
 
 StateDict = Dict[str, torch.Tensor]
 _CONV_NORM = {'0': 'conv', '1': 'bn'}
@@ -152,6 +155,18 @@ def source_bn_overrides(state_dict: Mapping[str, torch.Tensor], name: str) -> Di
     return {}
 
 
+def guess_member(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """The member whose block count and head width match a native state dict, or 'no EfficientNet member'."""
+    num_blocks = len({'.'.join(k.split('.')[:3]) for k in state_dict if k.startswith('stages.')})
+    head = state_dict.get('head.conv.weight')
+    for name, member in MEMBERS.items():
+        member_blocks = sum(math.ceil(stage.num_blocks * member.depth) for stage in B0_STAGES)
+        if head is not None and (member_blocks, make_divisible(HEAD_CHANNELS * member.width)) == (num_blocks,
+                                                                                                   head.shape[0]):
+            return name
+    return 'no EfficientNet member'
+
+
 def load_pretrained(model: nn.Module, source: Union[str, os.PathLike, Mapping[str, torch.Tensor]],
                     skip_prefixes: Tuple[str, ...] = ()) -> None:
     """Load torchvision, timm or native weights into ``model``, all or nothing.
@@ -172,5 +187,6 @@ def load_pretrained(model: nn.Module, source: Union[str, os.PathLike, Mapping[st
                       if k in incoming and incoming[k].shape != v.shape]:
         problems.append(f'shape (checkpoint vs model) {_some(mismatched)}')
     if problems:
-        raise WeightsError('Pretrained weights do not fit this model (is it the same member?): ' + '; '.join(problems))
+        raise WeightsError(f'Pretrained weights do not fit this model (the checkpoint looks like '
+                           f'{guess_member(incoming)}): ' + '; '.join(problems))
     model.load_state_dict(incoming, strict=not skip_prefixes)

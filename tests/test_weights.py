@@ -1,0 +1,123 @@
+"""Pretrained imports from torchvision and timm: exact outputs, all-or-nothing loading, clear errors."""
+
+import pytest
+import timm
+import torch
+import torchvision
+
+from composer_efficientnet import EfficientNet, composer_efficientnet, weights
+from composer_efficientnet.efficientnet import MEMBERS
+
+
+def randomize_batchnorm(model: torch.nn.Module) -> None:
+    """Give BN layers non-trivial statistics so a mis-mapped key changes the output."""
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            for tensor, low, high in ((module.running_mean, -0.5, 0.5), (module.running_var, 0.5, 2.0),
+                                      (module.weight.data, 0.5, 1.5), (module.bias.data, -0.2, 0.2)):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / a.norm()).item()
+
+
+def source_model(library: str, name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)() if library == 'torchvision' else timm.create_model(name)
+    randomize_batchnorm(model)
+    return model.eval()
+
+
+@pytest.mark.parametrize('library', ['torchvision', 'timm'])
+@pytest.mark.parametrize('name', list(MEMBERS))
+def test_imported_outputs_equal_source(library, name):
+    source = source_model(library, name)
+    convert = weights.from_torchvision if library == 'torchvision' else weights.from_timm
+    state_dict = source.state_dict()
+    ours = EfficientNet.from_name(name, **weights.source_bn_overrides(state_dict, name)).eval()
+    ours.load_state_dict(convert(state_dict))
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        assert relative_error(source(x), ours(x)) < 1e-5
+
+
+def test_detect_format():
+    assert weights.detect_format(torchvision.models.efficientnet_b0().state_dict()) == 'torchvision'
+    assert weights.detect_format(timm.create_model('efficientnet_b0').state_dict()) == 'timm'
+    assert weights.detect_format(EfficientNet.from_name('efficientnet_b0').state_dict()) == 'composer_efficientnet'
+    with pytest.raises(weights.WeightsError, match='Unrecognized EfficientNet state dict'):
+        weights.detect_format({'fc.weight': torch.zeros(1)})
+
+
+@pytest.mark.parametrize('library,suffix', [('torchvision', '.pth'), ('timm', '.safetensors')])
+def test_composer_model_from_file(tmp_path, library, suffix):
+    source = source_model(library, 'efficientnet_b0')
+    path = tmp_path / f'weights{suffix}'
+    if suffix == '.safetensors':
+        from safetensors.torch import save_file
+        save_file(source.state_dict(), str(path))
+    else:
+        torch.save(source.state_dict(), path)
+    model = composer_efficientnet('efficientnet_b0', pretrained=str(path)).eval()
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        assert relative_error(source(x), model((x, None))) < 1e-5
+
+
+def test_torchvision_b5_import_uses_its_batchnorm_eps(tmp_path):
+    path = tmp_path / 'b5.pth'
+    torch.save(torchvision.models.efficientnet_b5().state_dict(), path)
+    model = composer_efficientnet('efficientnet_b5', pretrained=str(path))
+    assert model.module.stem.bn.eps == 1e-3
+
+
+def test_fine_tuning_keeps_all_but_classifier(tmp_path, caplog):
+    source = source_model('torchvision', 'efficientnet_b0')
+    path = tmp_path / 'tv.pth'
+    torch.save({'state_dict': source.state_dict()}, path)  # wrapped, as many trainers save
+    model = composer_efficientnet('efficientnet_b0', num_classes=10, pretrained=str(path))
+    assert model.module.classifier.out_features == 10
+    assert torch.equal(model.module.stem.conv.weight, source.features[0][0].weight)
+    assert 'classifier keeps its initialization' in caplog.text
+
+
+def test_wrong_member_names_mismatched_keys_and_loads_nothing():
+    ours = EfficientNet.from_name('efficientnet_b0')
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    with pytest.raises(weights.WeightsError) as info:
+        weights.load_pretrained(ours, torchvision.models.efficientnet_b2().state_dict())
+    message = str(info.value)
+    assert 'looks like efficientnet_b2' in message and 'shape (checkpoint vs model)' in message
+    assert all(torch.equal(before[k], v) for k, v in ours.state_dict().items())
+
+
+def test_unknown_and_missing_keys_are_named():
+    state_dict = torchvision.models.efficientnet_b0().state_dict()
+    state_dict['features.1.0.block.9.weight'] = torch.zeros(1)
+    with pytest.raises(weights.WeightsError, match=r'features\.1\.0\.block\.9\.weight'):
+        weights.from_torchvision(state_dict)
+    partial = weights.from_timm(timm.create_model('efficientnet_b0').state_dict())
+    del partial['head.bn.running_var']
+    with pytest.raises(weights.WeightsError, match=r'missing head\.bn\.running_var'):
+        weights.load_pretrained(EfficientNet.from_name('efficientnet_b0'), partial)
+
+
+@pytest.mark.parametrize('content,message', [
+    (b'not a checkpoint', 'Could not read pretrained weights file'),
+    (None, 'does not exist'),
+])
+def test_bad_weight_files(tmp_path, content, message):
+    path = tmp_path / 'weights.pth'
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(weights.WeightsError, match=message):
+        composer_efficientnet('efficientnet_b0', pretrained=str(path))
+
+
+def test_file_without_tensors(tmp_path):
+    path = tmp_path / 'weights.pth'
+    torch.save({'epoch': 3}, path)
+    with pytest.raises(weights.WeightsError, match='does not hold a state dict'):
+        weights.read_state_dict(path)
