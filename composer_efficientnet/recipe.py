@@ -1,0 +1,284 @@
+"""Composer-style YAML recipes: load with command-line overrides, then validate everything up front.
+
+A recipe selects each pluggable piece by a registered name, as ``{name: {params}}`` or a list of such
+single-key mappings. :func:`validate` checks the whole recipe (sections, names, parameters, types, data
+directories, batch divisibility) before anything is built or written, so a mistake costs one line on
+stderr instead of a traceback minutes into a run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple, Union
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from composer_efficientnet import registry
+from composer_efficientnet.efficientnet import MEMBERS, canonical_name
+
+__all__ = ['RecipeError', 'Entry', 'Recipe', 'load_recipe', 'validate', 'PRECISIONS', 'DATASET_CONTEXT']
+
+
+class RecipeError(ValueError):
+    """A recipe mistake: ``key`` locates it, the message says what was wrong and what is allowed."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f'{key}: {message}')
+        self.key = key
+
+
+#: Legacy precision names of Composer's YAML recipes, and today's.
+PRECISIONS = {'amp': 'amp_fp16', 'fp16': 'amp_fp16', 'fp32': 'fp32', 'bf16': 'amp_bf16', 'amp_fp16': 'amp_fp16',
+              'amp_bf16': 'amp_bf16', 'amp_fp8': 'amp_fp8'}
+#: Keyword-only arguments the runner gives dataset builders; never set by a recipe.
+DATASET_CONTEXT = ('batch_size', 'seed', 'dataloader_kwargs', 'model_resolution')
+DATALOADER_KEYS = {'num_workers': int, 'pin_memory': bool, 'timeout': (int, float), 'prefetch_factor': int,
+                   'persistent_workers': bool, 'multiprocessing_context': str}
+
+_SCALARS: Dict[str, Tuple[type, ...]] = {
+    'max_duration': (str, int), 'train_batch_size': (int,), 'eval_batch_size': (int,), 'seed': (int,),
+    'grad_accum': (int, str), 'precision': (str,), 'eval_interval': (str, int), 'scale_schedule_ratio': (int, float),
+    'save_folder': (str,), 'save_interval': (str, int), 'save_num_checkpoints_to_keep': (int,),
+    'save_overwrite': (bool,), 'load_path': (str,), 'load_weights_only': (bool,), 'autoresume': (bool,),
+    'run_name': (str,), 'deterministic_mode': (bool,), 'compile': (dict, bool), 'device': (dict, str),
+    'dataloader': (dict,), 'train_subset_num_batches': (int,), 'eval_subset_num_batches': (int,),
+    'dist_timeout': (int, float), 'progress_bar': (bool,), 'log_to_console': (bool,),
+    'console_log_interval': (str, int), 'python_log_level': (str,),
+}
+_SINGLE = {'model': registry.models, 'train_dataset': registry.datasets, 'val_dataset': registry.datasets,
+           'optimizers': registry.optimizers}
+_MANY = {'algorithms': registry.algorithms, 'callbacks': registry.callbacks, 'loggers': registry.loggers,
+         'schedulers': registry.schedulers}
+_REQUIRED = ('model', 'train_dataset', 'optimizers', 'max_duration', 'train_batch_size')
+SECTIONS = sorted([*_SCALARS, *_SINGLE, *_MANY])
+
+
+@dataclass
+class Entry:
+    """One registered piece a recipe selected: its registered name, the object and the parameters."""
+    name: str
+    target: Callable[..., Any]
+    params: Dict[str, Any]
+    key: str  # where it sits in the recipe, for messages
+
+    def build(self, *args: Any, **context: Any) -> Any:
+        return self.target(*args, **self.params, **context)
+
+
+@dataclass
+class Recipe:
+    """A validated recipe: every name resolved, every parameter checked."""
+    model: Entry
+    train_dataset: Entry
+    optimizer: Entry
+    val_dataset: Optional[Entry] = None
+    algorithms: List[Entry] = field(default_factory=list)
+    callbacks: List[Entry] = field(default_factory=list)
+    loggers: List[Entry] = field(default_factory=list)
+    schedulers: List[Entry] = field(default_factory=list)
+    settings: Dict[str, Any] = field(default_factory=dict)  # the scalar sections, as written
+    precision: Optional[str] = None
+    world_size: int = 1
+
+    @property
+    def model_resolution(self) -> int:
+        """Native resolution of the recipe's model member, 224 for models that are not a member."""
+        try:
+            return MEMBERS[canonical_name(self.model.name)].resolution
+        except ValueError:
+            return 224
+
+
+def load_recipe(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) -> Dict[str, Any]:
+    """Read a YAML recipe and apply ``dotted.key=value`` overrides (values parsed as YAML)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise RecipeError('recipe', f"file '{path}' does not exist")
+    try:
+        config = OmegaConf.load(path)
+    except (yaml.YAMLError, OmegaConfBaseException) as error:
+        raise RecipeError('recipe', f"'{path}' is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not OmegaConf.is_dict(config):
+        raise RecipeError('recipe', f"'{path}' must be a mapping of sections, got {type(config).__name__}")
+    for override in overrides:
+        key, sep, raw = override.partition('=')
+        if not sep or not key:
+            raise RecipeError(override, "an override is written key=value, e.g. 'max_duration=2ep' or "
+                              "'optimizers.rmsprop.lr=0.1'")
+        try:
+            OmegaConf.update(config, key, yaml.safe_load(raw) if raw else None, merge=True, force_add=True)
+        except (yaml.YAMLError, OmegaConfBaseException) as error:
+            raise RecipeError(key, f'cannot apply override {override!r}: {str(error).splitlines()[0]}') from None
+    return OmegaConf.to_container(config, resolve=True)
+
+
+def validate(config: Dict[str, Any], world_size: int = 1) -> Recipe:
+    """Check the whole recipe and resolve its names; raises :class:`RecipeError` at the first mistake."""
+    for key in config:
+        if key not in SECTIONS:
+            raise RecipeError(key, f'unknown section{_closest(key, SECTIONS)}; valid sections: {", ".join(SECTIONS)}')
+    for key in _REQUIRED:
+        if config.get(key) is None:
+            raise RecipeError(key, 'is required')
+    for key, types in _SCALARS.items():
+        if config.get(key) is not None and (not isinstance(config[key], types) or isinstance(config[key], bool)
+                                            and bool not in types):
+            raise RecipeError(key, f'must be {" or ".join(t.__name__ for t in types)}, got {config[key]!r}')
+    singles = {key: _entries(config, key, reg, single=True) for key, reg in _SINGLE.items() if config.get(key)}
+    many = {key: _entries(config, key, reg, single=False) for key, reg in _MANY.items()}
+    recipe = Recipe(model=singles['model'][0], train_dataset=singles['train_dataset'][0],
+                    optimizer=singles['optimizers'][0], val_dataset=singles.get('val_dataset', [None])[0],
+                    settings={k: config[k] for k in _SCALARS if config.get(k) is not None}, world_size=world_size,
+                    **many)
+    _check_batches(recipe)
+    _check_dataloader(recipe.settings.get('dataloader', {}))
+    recipe.precision = _precision(recipe.settings.get('precision'))
+    _check_device(recipe.settings.get('device'))
+    return recipe
+
+
+def _entries(config: Dict[str, Any], key: str, reg: registry.Registry, single: bool) -> List[Entry]:
+    value = config.get(key) or []
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, list) and all(isinstance(item, dict) and len(item) == 1 for item in value):
+        items = [next(iter(item.items())) for item in value]
+    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+        items = [(item, {}) for item in value]
+    else:
+        raise RecipeError(key, 'must be a mapping {name: {params}} or a list of such single-key mappings')
+    if single and len(items) != 1:
+        raise RecipeError(key, f'selects exactly one {reg.kind[:-1]}, got {len(items)}: '
+                          f'{", ".join(str(name) for name, _ in items)}')
+    return [_entry(f'{key}.{name}', reg, str(name), params) for name, params in items]
+
+
+def _entry(key: str, reg: registry.Registry, name: str, params: Any) -> Entry:
+    try:
+        target = reg.get(name)
+    except registry.RegistryError as error:
+        raise RecipeError(key, str(error)) from None
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise RecipeError(key, f'parameters must be a mapping of names to values, got {params!r}')
+    _check_params(key, target, params, reg)
+    return Entry(name, target, params, key)
+
+
+def _check_params(key: str, target: Callable[..., Any], params: Dict[str, Any], reg: registry.Registry) -> None:
+    signature = inspect.signature(target)
+    skip = {'params'} if reg is registry.optimizers else set(DATASET_CONTEXT) if reg is registry.datasets else set()
+    accepted = {n: p for n, p in signature.parameters.items() if n not in skip and n != 'self' and p.kind not in (
+        inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
+    takes_any = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+    for name in params:
+        if name not in accepted and not takes_any:
+            raise RecipeError(f'{key}.{name}', f'unknown parameter{_closest(name, accepted)}; valid parameters: '
+                              f'{", ".join(accepted) or "none"}')
+    for name, parameter in accepted.items():
+        if parameter.default is inspect.Parameter.empty and name not in params:
+            raise RecipeError(f'{key}', f"missing required parameter '{name}'")
+    hints = _type_hints(target)
+    for name, value in params.items():
+        hint = hints.get(name)
+        if hint is not None and not _matches(value, hint):
+            raise RecipeError(f'{key}.{name}', f'must be {_describe(hint)}, got {value!r}')
+    if reg is registry.datasets and 'datadir' in params and not os.path.isdir(str(params['datadir'])):
+        raise RecipeError(f'{key}.datadir', f"directory '{params['datadir']}' does not exist")
+
+
+def _type_hints(target: Callable[..., Any]) -> Dict[str, Any]:
+    function = target.__init__ if inspect.isclass(target) else target
+    try:
+        return typing.get_type_hints(function)
+    except Exception:  # noqa: BLE001 - unresolvable annotations only mean fewer checks
+        return {}
+
+
+_PRIMITIVES = (int, float, bool, str, type(None), list, dict, tuple)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits a type hint; hints beyond plain types are not second-guessed."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        return any(_matches(value, arg) for arg in args)
+    if origin is Literal:
+        return value in args
+    if origin in (list, tuple, Sequence, typing.Sequence):
+        return isinstance(value, (list, tuple))
+    if origin in (dict, typing.Mapping):
+        return isinstance(value, dict)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint in _PRIMITIVES:
+        return isinstance(value, hint)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is Union:
+        return ' or '.join(_describe(arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) is Literal:
+        return 'one of ' + ', '.join(repr(a) for a in typing.get_args(hint))
+    return 'null' if hint is type(None) else getattr(hint, '__name__', str(hint))
+
+
+def _closest(name: str, choices: Any) -> str:
+    close = difflib.get_close_matches(str(name), list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ''
+
+
+def _check_batches(recipe: Recipe) -> None:
+    for key in ('train_batch_size', 'eval_batch_size'):
+        size = recipe.settings.get(key)
+        if size is None:
+            continue
+        if size < 1:
+            raise RecipeError(key, f'must be a positive integer, got {size}')
+        if size % recipe.world_size:
+            raise RecipeError(key, f'{size} is global across processes and must be divisible by the number of '
+                              f'processes ({recipe.world_size})')
+    accum = recipe.settings.get('grad_accum')
+    if isinstance(accum, str) and accum != 'auto':
+        raise RecipeError('grad_accum', f"must be a positive integer or 'auto', got {accum!r}")
+    per_rank = recipe.settings['train_batch_size'] // recipe.world_size
+    if isinstance(accum, int) and (accum < 1 or per_rank % accum):
+        raise RecipeError('grad_accum', f'must be a positive integer dividing the per-process batch ({per_rank}), '
+                          f'got {accum}')
+    if recipe.val_dataset is not None and 'eval_batch_size' not in recipe.settings:
+        raise RecipeError('eval_batch_size', 'is required when val_dataset is set')
+
+
+def _check_dataloader(options: Dict[str, Any]) -> None:
+    for name, value in options.items():
+        if name not in DATALOADER_KEYS:
+            raise RecipeError(f'dataloader.{name}', f'unknown option{_closest(name, DATALOADER_KEYS)}; valid options: '
+                              f'{", ".join(DATALOADER_KEYS)}')
+        types = DATALOADER_KEYS[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and types is not bool):
+            raise RecipeError(f'dataloader.{name}', f'must be {getattr(types, "__name__", "a number")}, got {value!r}')
+
+
+def _precision(name: Optional[str]) -> Optional[str]:
+    if name is None:
+        return None
+    if name.lower() not in PRECISIONS:
+        raise RecipeError('precision', f'unknown precision {name!r}; valid: {", ".join(sorted(PRECISIONS))} '
+                          '(any case)')
+    return PRECISIONS[name.lower()]
+
+
+def _check_device(device: Any) -> None:
+    name = next(iter(device), None) if isinstance(device, dict) else device
+    if device is not None and (name not in ('gpu', 'cpu', 'mps') or isinstance(device, dict) and len(device) != 1):
+        raise RecipeError('device', f"must be one of gpu, cpu, mps (as 'gpu' or {{gpu: {{}}}}), got {device!r}")

@@ -1,0 +1,148 @@
+"""Train from a YAML recipe: ``python -m composer_efficientnet.train RECIPE.yaml [key=value ...]``.
+
+Runs as one process, or under Composer's launcher on one node or many
+(``composer -n 8 -m composer_efficientnet.train recipe.yaml``). Batch sizes in the recipe are global.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import logging
+import sys
+from typing import Any, Dict, List, Optional
+
+import torch
+from composer import Trainer
+from composer.loggers import ConsoleLogger, ProgressBarLogger
+from composer.utils import dist, reproducibility
+
+from composer_efficientnet.recipe import Entry, Recipe, RecipeError, load_recipe, validate
+
+__all__ = ['build_trainer', 'main', 'weights_digest']
+
+log = logging.getLogger(__name__)
+
+
+def _build_dataset(entry: Entry, **context: Any) -> Any:
+    accepted = inspect.signature(entry.target).parameters
+    try:
+        return entry.build(**{k: v for k, v in context.items() if k in accepted})
+    except (ValueError, OSError) as error:
+        raise RecipeError(entry.key, str(error)) from error
+
+
+def _build(entry: Entry, *args: Any) -> Any:
+    try:
+        return entry.build(*args)
+    except (ValueError, TypeError) as error:
+        raise RecipeError(entry.key, str(error)) from error
+
+
+def _device_and_precision(recipe: Recipe) -> tuple:
+    device = recipe.settings.get('device') or ('gpu' if torch.cuda.is_available() else 'cpu')
+    device = next(iter(device)) if isinstance(device, dict) else device
+    precision = recipe.precision
+    if device == 'cpu' and precision and precision.startswith('amp'):
+        log.warning('precision %s needs a GPU; this CPU run uses fp32.', recipe.settings['precision'])
+        print(f"warning: precision {recipe.settings['precision']} needs a GPU; this CPU run uses fp32.",
+              file=sys.stderr)
+        precision = 'fp32'
+    return device, precision
+
+
+def _compile_config(value: Any) -> Optional[Dict[str, Any]]:
+    if value is True:
+        return {}
+    return value or None
+
+
+def build_trainer(recipe: Recipe) -> Trainer:
+    """Build data, model, optimizer and everything else a validated recipe names, then the Trainer.
+
+    Data is built first, so a bad data tree fails before a model is allocated or a file is written.
+    """
+    settings = recipe.settings
+    seed = settings.get('seed', 17)
+    device, precision = _device_and_precision(recipe)
+    context = {'seed': seed, 'dataloader_kwargs': settings.get('dataloader', {}),
+               'model_resolution': recipe.model_resolution}
+    train_data = _build_dataset(recipe.train_dataset, batch_size=settings['train_batch_size'] // recipe.world_size,
+                                **context)
+    eval_data = None
+    if recipe.val_dataset is not None:
+        eval_data = _build_dataset(recipe.val_dataset, batch_size=settings['eval_batch_size'] // recipe.world_size,
+                                   **{**context, 'seed': seed})
+    reproducibility.seed_all(seed)  # the model's initialization follows the recipe's seed, on every rank
+    model = _build(recipe.model)
+    optimizer = _build(recipe.optimizer, model.parameters())
+    loggers = [_build(entry) for entry in recipe.loggers]
+    accum = settings.get('grad_accum')
+    microbatch = 'auto' if accum == 'auto' else (
+        settings['train_batch_size'] // recipe.world_size // accum if accum else None)
+    return Trainer(
+        model=model, train_dataloader=train_data, eval_dataloader=eval_data, optimizers=optimizer,
+        schedulers=[_build(entry) for entry in recipe.schedulers],
+        algorithms=[_build(entry) for entry in recipe.algorithms],
+        callbacks=[_build(entry) for entry in recipe.callbacks], loggers=loggers,
+        max_duration=settings['max_duration'], device=device, precision=precision, seed=seed,
+        device_train_microbatch_size=microbatch, compile_config=_compile_config(settings.get('compile')),
+        progress_bar=settings.get('progress_bar', True) and not any(isinstance(l, ProgressBarLogger) for l in loggers),
+        log_to_console=settings.get('log_to_console', False) and not any(isinstance(l, ConsoleLogger) for l in loggers),
+        **{key: settings[key] for key in _TRAINER_PASSTHROUGH if key in settings},
+    )
+
+
+_TRAINER_PASSTHROUGH = ('eval_interval', 'scale_schedule_ratio', 'save_folder', 'save_interval',
+                        'save_num_checkpoints_to_keep', 'save_overwrite', 'load_path', 'load_weights_only',
+                        'autoresume', 'run_name', 'deterministic_mode', 'train_subset_num_batches',
+                        'eval_subset_num_batches', 'dist_timeout', 'console_log_interval', 'python_log_level')
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer, to compare replicas across processes."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def report(trainer: Trainer) -> List[str]:
+    """Lines summarizing a finished run: held-out metrics, and with several processes each rank's weights."""
+    lines = []
+    for label, metrics in trainer.state.eval_metrics.items():
+        for name, metric in metrics.items():
+            if name in ('MulticlassAccuracy', 'Top5Accuracy'):
+                title = 'top-1' if name == 'MulticlassAccuracy' else 'top-5'
+                lines.append(f'held-out {title} ({label}): {100 * float(metric.compute()):.2f}%')
+    if dist.get_world_size() > 1:
+        lines.append(f'rank {dist.get_global_rank()} final weights sha256: {weights_digest(trainer.state.model)}')
+    return lines
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Validate the recipe, build, fit, report; recipe mistakes exit with status 2 and one line on stderr."""
+    parser = argparse.ArgumentParser(prog='composer-efficientnet train', description=__doc__.splitlines()[0])
+    parser.add_argument('recipe', help='path to a YAML recipe')
+    parser.add_argument('overrides', nargs='*', help='dotted.key=value overrides, e.g. max_duration=2ep')
+    parser.add_argument('--debug', action='store_true', help='show tracebacks of recipe errors')
+    args = parser.parse_args(argv)
+    try:
+        recipe = validate(load_recipe(args.recipe, args.overrides), world_size=dist.get_world_size())
+        trainer = build_trainer(recipe)
+    except RecipeError as error:
+        if args.debug:
+            raise
+        print(f'composer-efficientnet: recipe error: {error}', file=sys.stderr)
+        return 2
+    trainer.fit()
+    for line in report(trainer):
+        print(line, flush=True)
+    trainer.close()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

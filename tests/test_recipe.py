@@ -1,0 +1,126 @@
+"""Recipe validation: every mistake is one stderr line naming the key, exit status 2, nothing built."""
+
+import os
+import re
+
+import pytest
+import yaml
+
+from composer_efficientnet import train
+from composer_efficientnet.recipe import RecipeError, load_recipe, validate
+
+BASE = {
+    'model': {'efficientnet_b0': {'num_classes': 10}},
+    'train_dataset': {'digits': {'is_train': True, 'image_size': 32}},
+    'val_dataset': {'digits': {'is_train': False, 'image_size': 32}},
+    'optimizers': {'sgd': {'lr': 0.1, 'momentum': 0.9}},
+    'schedulers': [{'cosine_decay_with_warmup': {'t_warmup': '1ep'}}],
+    'algorithms': [{'label_smoothing': {'smoothing': 0.1}}],
+    'max_duration': '1ep',
+    'train_batch_size': 64,
+    'eval_batch_size': 64,
+    'device': 'cpu',
+}
+
+
+def write(tmp_path, recipe, name='recipe.yaml'):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+def with_changes(**changes):
+    recipe = {**BASE, **changes}
+    return {k: v for k, v in recipe.items() if v is not ...}
+
+
+MISTAKES = [
+    ('unknown section', with_changes(max_epochs=3), r"max_epochs: unknown section"),
+    ('misspelled section', with_changes(optimizer={'sgd': {'lr': 0.1}}), r"did you mean 'optimizers'"),
+    ('missing model', with_changes(model=...), r'model: is required'),
+    ('unknown model', with_changes(model={'efficientnet_b9': {}}), r"model.efficientnet_b9: Unknown model"),
+    ('closest model', with_changes(model={'efficientnet_b9': {}}), r"Did you mean 'efficientnet_b"),
+    ('unknown algorithm', with_changes(algorithms=[{'label_smoothin': {}}]), r"Did you mean 'label_smoothing'"),
+    ('unknown parameter', with_changes(optimizers={'sgd': {'lr': 0.1, 'momentun': 0.9}}),
+     r"optimizers.sgd.momentun: unknown parameter \(did you mean 'momentum'\?\); valid parameters: lr"),
+    ('model parameter type', with_changes(model={'efficientnet_b0': {'num_classes': 'ten'}}),
+     r'model.efficientnet_b0.num_classes: must be int'),
+    ('algorithm parameter type', with_changes(algorithms=[{'label_smoothing': {'smoothing': 'high'}}]),
+     r'algorithms.label_smoothing.smoothing: must be float'),
+    ('scalar type', with_changes(train_batch_size='big'), r'train_batch_size: must be int'),
+    ('bool for int', with_changes(seed=True), r'seed: must be int'),
+    ('missing datadir', with_changes(train_dataset={'imagenet': {'datadir': '/no/such/dir', 'is_train': True}}),
+     r"train_dataset.imagenet.datadir: directory '/no/such/dir' does not exist"),
+    ('two optimizers', with_changes(optimizers={'sgd': {'lr': 0.1}, 'adamw': {'lr': 0.1}}),
+     r'optimizers: selects exactly one optimizer'),
+    ('section shape', with_changes(algorithms='label_smoothing'), r'algorithms: must be a mapping'),
+    ('unknown precision', with_changes(precision='fp64'), r"precision: unknown precision 'fp64'"),
+    ('unknown device', with_changes(device='tpu'), r'device: must be one of gpu, cpu, mps'),
+    ('dataloader option', with_changes(dataloader={'num_worker': 2}), r"dataloader.num_worker: unknown option"),
+    ('grad_accum', with_changes(grad_accum=3), r'grad_accum: must be a positive integer dividing'),
+    ('missing eval batch', with_changes(eval_batch_size=...), r'eval_batch_size: is required'),
+    ('missing required param', with_changes(callbacks=[{'early_stopper': {'monitor': 'x'}}]),
+     r"callbacks.early_stopper: missing required parameter 'dataloader_label'"),
+    ('bad member parameter value', with_changes(model={'efficientnet_b0': {'num_classes': 0}}),
+     r'model.efficientnet_b0: num_classes must be a positive integer'),
+]
+
+
+@pytest.mark.parametrize('label,recipe,message', MISTAKES, ids=[m[0] for m in MISTAKES])
+def test_mistake_is_one_line_and_exit_2(tmp_path, capsys, label, recipe, message):
+    os.chdir(tmp_path)
+    assert train.main([write(tmp_path, recipe)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('composer-efficientnet: recipe error: ')
+    assert re.search(message, err[0]), err[0]
+    assert os.listdir(tmp_path) == ['recipe.yaml']  # nothing written
+
+
+def test_batch_not_divisible_by_processes():
+    with pytest.raises(RecipeError, match=r'train_batch_size: 64 is global .* divisible by the number of processes \(3\)'):
+        validate(dict(BASE), world_size=3)
+
+
+def test_missing_file_and_bad_yaml(tmp_path, capsys):
+    assert train.main([str(tmp_path / 'nope.yaml')]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('model: [unclosed\n')
+    assert train.main([str(bad)]) == 2
+    assert 'is not valid YAML' in capsys.readouterr().err
+
+
+def test_bad_override_syntax(tmp_path, capsys):
+    assert train.main([write(tmp_path, BASE), 'max_duration']) == 2
+    assert 'an override is written key=value' in capsys.readouterr().err
+
+
+def test_debug_shows_traceback(tmp_path):
+    with pytest.raises(RecipeError):
+        train.main([write(tmp_path, with_changes(max_epochs=3)), '--debug'])
+
+
+def test_overrides(tmp_path):
+    config = load_recipe(write(tmp_path, BASE), ['max_duration=2ep', 'optimizers.sgd.lr=0.5',
+                                                 'schedulers.0.cosine_decay_with_warmup.t_warmup=3ba',
+                                                 'precision=amp_bf16'])
+    assert config['max_duration'] == '2ep' and config['optimizers']['sgd']['lr'] == 0.5
+    assert config['schedulers'][0]['cosine_decay_with_warmup']['t_warmup'] == '3ba'
+    assert validate(config).precision == 'amp_bf16'
+
+
+@pytest.mark.parametrize('legacy,modern', [('AMP', 'amp_fp16'), ('FP32', 'fp32'), ('BF16', 'amp_bf16')])
+def test_legacy_precisions(legacy, modern):
+    assert validate(with_changes(precision=legacy)).precision == modern
+
+
+def test_model_card_recipe_format_validates(tmp_path):
+    (tmp_path / 'train').mkdir()
+    recipe = yaml.safe_load(open('recipes/efficientnet_b0_imagenet.yaml' if os.path.exists(
+        'recipes/efficientnet_b0_imagenet.yaml') else os.path.join(os.path.dirname(__file__), '..', 'recipes',
+                                                                   'efficientnet_b0_imagenet.yaml')))
+    recipe['train_dataset']['imagenet']['datadir'] = str(tmp_path)
+    recipe['val_dataset']['imagenet']['datadir'] = str(tmp_path)
+    validated = validate(recipe, world_size=8)
+    assert validated.optimizer.name == 'rmsprop' and validated.optimizer.params['lr'] == 0.08
+    assert validated.settings['train_batch_size'] == 4096 and validated.model_resolution == 224
