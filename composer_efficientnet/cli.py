@@ -16,7 +16,7 @@ def family_table() -> List[List[str]]:
 
     from composer_efficientnet import EfficientNet
     from composer_efficientnet.efficientnet import MEMBERS
-    rows = [['member', 'params', 'paper params', 'GMACs', 'paper GFLOPs*', 'GFLOPs (2/MAC)', 'resolution',
+    rows = [['member', 'params', 'paper params', 'GMACs', 'paper FLOPs (B)*', 'GFLOPs (2/MAC)', 'resolution',
              'dropout', 'paper top-1']]
     for name, member in MEMBERS.items():
         with torch.device('meta'):
