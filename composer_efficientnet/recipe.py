@@ -137,6 +137,7 @@ def validate(config: Dict[str, Any], world_size: int = 1) -> Recipe:
                     settings={k: config[k] for k in _SCALARS if config.get(k) is not None}, world_size=world_size,
                     **many)
     _check_batches(recipe)
+    _check_augmentation(recipe)
     _check_dataloader(recipe.settings.get('dataloader', {}))
     recipe.precision = _precision(recipe.settings.get('precision'))
     _check_device(recipe.settings.get('device'))
@@ -257,6 +258,18 @@ def _check_batches(recipe: Recipe) -> None:
                           f'got {accum}')
     if recipe.val_dataset is not None and 'eval_batch_size' not in recipe.settings:
         raise RecipeError('eval_batch_size', 'is required when val_dataset is set')
+
+
+_VISION_DATASET_ALGORITHMS = ('randaugment', 'augmix')
+
+
+def _check_augmentation(recipe: Recipe) -> None:
+    for entry in recipe.algorithms:
+        if entry.name in _VISION_DATASET_ALGORITHMS and recipe.train_dataset.name in ('imagenet',
+                                                                                      'streaming_imagenet'):
+            raise RecipeError(entry.key, f"Composer's {entry.name} needs a torchvision VisionDataset; with "
+                              f"{recipe.train_dataset.name} use its own parameter instead: "
+                              f"train_dataset.{recipe.train_dataset.name}.augment: randaugment (or autoaugment)")
 
 
 def _check_dataloader(options: Dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from composer import Trainer
 from composer.loggers import ConsoleLogger, ProgressBarLogger
 from composer.utils import dist, reproducibility
 
+from composer_efficientnet.data import BadSampleReport
 from composer_efficientnet.recipe import Entry, Recipe, RecipeError, load_recipe, validate
 
 __all__ = ['build_trainer', 'main', 'weights_digest']
@@ -29,7 +30,7 @@ def _build_dataset(entry: Entry, **context: Any) -> Any:
     accepted = inspect.signature(entry.target).parameters
     try:
         return entry.build(**{k: v for k, v in context.items() if k in accepted})
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, ImportError) as error:
         raise RecipeError(entry.key, str(error)) from error
 
 
@@ -85,7 +86,7 @@ def build_trainer(recipe: Recipe) -> Trainer:
         model=model, train_dataloader=train_data, eval_dataloader=eval_data, optimizers=optimizer,
         schedulers=[_build(entry) for entry in recipe.schedulers],
         algorithms=[_build(entry) for entry in recipe.algorithms],
-        callbacks=[_build(entry) for entry in recipe.callbacks], loggers=loggers,
+        callbacks=[BadSampleReport(), *(_build(entry) for entry in recipe.callbacks)], loggers=loggers,
         max_duration=settings['max_duration'], device=device, precision=precision, seed=seed,
         device_train_microbatch_size=microbatch, compile_config=_compile_config(settings.get('compile')),
         progress_bar=settings.get('progress_bar', True) and not any(isinstance(l, ProgressBarLogger) for l in loggers),

@@ -10,8 +10,7 @@ from composer.core import DataSpec
 from sklearn.datasets import load_digits
 from torch.utils.data import TensorDataset
 
-from composer_efficientnet.data.loading import make_dataloader
-from composer_efficientnet.data.transforms import NormalizeOnDevice
+from composer_efficientnet.data.loading import make_dataloader, make_dataspec
 
 __all__ = ['digits_tensors', 'build_digits_dataspec']
 
@@ -46,4 +45,4 @@ def build_digits_dataspec(is_train: bool = True, image_size: int = 32, holdout_f
     shuffle = is_train if shuffle is None else shuffle
     loader = make_dataloader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
                              dataloader_kwargs=dataloader_kwargs)
-    return DataSpec(loader, device_transforms=NormalizeOnDevice())
+    return make_dataspec(loader)

@@ -1,34 +1,168 @@
-"""Device-side input conversion: workers ship uint8 images, the accelerator makes them float and normalized."""
+"""Image transforms: decoding and augmentation on the host (uint8 out), conversion on the device.
+
+Workers decode, crop and flip, and return uint8 CHW tensors; :class:`NormalizeOnDevice` makes them float,
+normalized and channels_last after the host-to-device copy. That moves a quarter of the bytes a float
+pipeline would and takes the conversion off the data-loading workers (``benchmarks/data_pipeline.py``
+measures both).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms import RandomResizedCrop as _RandomResizedCropV1
+from torchvision.transforms import v2
 
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'NormalizeOnDevice']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'AUGMENTATIONS', 'VAL_CROP_FRACTION', 'NormalizeOnDevice',
+           'RandomResizedCropFlip', 'ResizeShorterSide', 'decode_image_bytes', 'resize_uint8', 'image_transform',
+           'val_resize_size', 'check_augment']
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+#: Validation images are resized so that the center crop keeps this fraction of the shorter side.
+VAL_CROP_FRACTION = 0.875
+
+
+def _autoaugment() -> v2.Transform:
+    return v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
+
+
+#: Training augmentation policies selectable by name (``augment:`` in a recipe), after crop and flip.
+AUGMENTATIONS: Dict[str, Callable[[], v2.Transform]] = {
+    'autoaugment': _autoaugment,
+    'randaugment': v2.RandAugment,
+}
+
+
+def check_augment(augment: Optional[str]) -> None:
+    """Raise a ValueError naming the allowed policies if ``augment`` is not one of them (or None)."""
+    if augment is not None and augment not in AUGMENTATIONS:
+        raise ValueError(f"augment: unknown policy '{augment}'; allowed: {', '.join(AUGMENTATIONS)} or null.")
+
+
+def decode_image_bytes(data: torch.Tensor) -> torch.Tensor:
+    """Encoded image bytes (a 1-D uint8 tensor) to a uint8 RGB CHW tensor.
+
+    ``torchvision.io.decode_image`` (libjpeg-turbo for JPEG; PNG, WebP and GIF too, grayscale and CMYK
+    converted to RGB) decodes 1.1-1.5x faster than PIL in ``benchmarks/data_pipeline.py`` and yields a tensor
+    the uint8 resize takes directly. Both the ImageFolder and the streaming path use it, so identical bytes
+    give identical pixels. Raises RuntimeError on bytes it cannot decode.
+    """
+    return decode_image(data, mode=ImageReadMode.RGB)
+
+
+def _native_uint8_kernel() -> bool:
+    # PyTorch's uint8 kernel is vectorized for AVX2 (so AVX-512 CPUs too); elsewhere the float path is faster.
+    return torch.backends.cpu.get_cpu_capability() in ('AVX2', 'AVX512')
+
+
+def resize_uint8(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Antialiased bilinear resize of a uint8 CHW image to ``size`` (height, width), uint8 out.
+
+    On x86 CPUs with AVX2 this runs PyTorch's native uint8 kernel on a channels_last view, about twice as
+    fast as ``torchvision.transforms.v2.Resize``, which in torchvision 0.22 converts to float and back on
+    AVX-512 machines (pytorch/vision#8374; most accelerator hosts). Results match it to within 1.
+    """
+    batch = image.unsqueeze(0).contiguous(memory_format=torch.channels_last)
+    if not _native_uint8_kernel():
+        resized = F.interpolate(batch.float(), size=size, mode='bilinear', antialias=True, align_corners=False)
+        return resized.round_().clamp_(0, 255).to(torch.uint8)[0]
+    if batch.stride(0) != batch.numel():
+        # A 1xCxHxW tensor is ambiguously channels_last; give it an explicit batch stride so that interpolate
+        # allocates a channels_last output instead of re-packing it (torchvision does the same).
+        batch = batch.as_strided(batch.shape, (batch.numel(), *batch.stride()[1:]))
+    return F.interpolate(batch, size=size, mode='bilinear', antialias=True, align_corners=False)[0]
+
+
+class RandomResizedCropFlip(torch.nn.Module):
+    """Inception-style random crop (area ``scale``, aspect ``ratio``) resized to ``size`` square, then a
+    horizontal flip with probability 0.5; torchvision's crop distribution, :func:`resize_uint8`'s speed."""
+
+    def __init__(self, size: int, scale: Tuple[float, float] = (0.08, 1.0),
+                 ratio: Tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)) -> None:
+        super().__init__()
+        self.size, self.scale, self.ratio = size, scale, ratio
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        top, left, height, width = _RandomResizedCropV1.get_params(image, list(self.scale), list(self.ratio))
+        crop = resize_uint8(image[:, top:top + height, left:left + width], (self.size, self.size))
+        return crop.flip(-1) if torch.rand(()) < 0.5 else crop
+
+
+class ResizeShorterSide(torch.nn.Module):
+    """Resize so that the shorter side is ``size``, keeping the aspect ratio (as ``v2.Resize(size)`` does)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        if height <= width:
+            return resize_uint8(image, (self.size, int(self.size * width / height)))
+        return resize_uint8(image, (int(self.size * height / width), self.size))
+
+
+def val_resize_size(crop_size: int, resize_size: int = -1) -> int:
+    """The shorter side validation images are resized to before the center crop.
+
+    ``resize_size`` when positive, else ``round(crop_size / 0.875)`` (256 for a 224 crop).
+    """
+    return resize_size if resize_size > 0 else int(round(crop_size / VAL_CROP_FRACTION))
+
+
+def image_transform(is_train: bool, crop_size: int, resize_size: int = -1,
+                    augment: Optional[str] = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The per-image host transform, uint8 CHW in and uint8 CHW out.
+
+    Train: random-resized crop to ``crop_size`` (area 8-100%, aspect 3/4-4/3), horizontal flip, then the
+    optional ``augment`` policy (torchvision v2); ``resize_size`` is not used, as in Composer's original
+    ImageNet recipe. Validation: resize the shorter side to :func:`val_resize_size`, center-crop ``crop_size``.
+    """
+    if crop_size < 1:
+        raise ValueError(f'crop_size must be a positive number of pixels, got {crop_size}.')
+    check_augment(augment)
+    if not is_train:
+        return v2.Compose([ResizeShorterSide(val_resize_size(crop_size, resize_size)), v2.CenterCrop(crop_size)])
+    steps = [RandomResizedCropFlip(crop_size)]
+    if augment is not None:
+        steps.append(AUGMENTATIONS[augment]())
+    return v2.Compose(steps)
+
 
 class NormalizeOnDevice:
-    """A Composer ``DataSpec.device_transforms``: uint8 NCHW images to normalized float, channels_last.
+    """A Composer ``DataSpec`` microbatch transform: uint8 NCHW images to normalized float, channels_last.
 
-    Doing this after the host-to-device copy moves a quarter of the bytes a float pipeline would, and takes
-    the conversion off the data-loading workers.
+    Composer 0.32 applies ``DataSpec(microbatch_transforms=...)`` after each microbatch reaches the device,
+    so the conversion runs on the accelerator. Images that are not uint8 (already float) pass through
+    unnormalized, only changing memory format.
     """
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  channels_last: bool = True) -> None:
-        self.mean = torch.tensor(mean).mul(255.0).view(1, -1, 1, 1)
-        self.std = torch.tensor(std).mul(255.0).view(1, -1, 1, 1)
+        # (x / 255 - mean) / std == x * scale + shift, one fused multiply-add per element.
+        mean64 = torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
+        std64 = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
+        self.scale = (1.0 / (255.0 * std64)).float()
+        self.shift = (-mean64 / std64).float()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self._on_device: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _constants(self, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._on_device:
+            self._on_device[device] = (self.scale.to(device), self.shift.to(device))
+        return self._on_device[device]
 
     def __call__(self, batch: Tuple[torch.Tensor, Any]) -> Tuple[torch.Tensor, Any]:
         images, targets = batch
+        # Change layout while still one byte per element, then convert; .float() keeps the layout.
+        images = images.contiguous(memory_format=self.memory_format)
         if images.dtype == torch.uint8:
-            if self.mean.device != images.device:
-                self.mean, self.std = self.mean.to(images.device), self.std.to(images.device)
-            images = images.float().sub_(self.mean).div_(self.std)
-        return images.contiguous(memory_format=self.memory_format), targets
+            scale, shift = self._constants(images.device)
+            images = torch.addcmul(shift, images.float(), scale)
+            images = images.contiguous(memory_format=self.memory_format)
+        return images, targets
