@@ -38,7 +38,9 @@ class EfficientNetClassifier(ComposerClassifier):
             'Top5Accuracy': MulticlassAccuracy(num_classes=num_classes, top_k=min(5, num_classes), average='micro'),
             'CrossEntropy': CrossEntropy(),
         })
-        super().__init__(module, num_classes=num_classes, val_metrics=val_metrics)
+        # validate_args=False: the argument checks read tensor values on the host, a sync on every step
+        train_metrics = MulticlassAccuracy(num_classes=num_classes, average='micro', validate_args=False)
+        super().__init__(module, num_classes=num_classes, train_metrics=train_metrics, val_metrics=val_metrics)
         self.label_smoothing = label_smoothing
 
     def loss(self, outputs: torch.Tensor, batch: Tuple[Any, torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
