@@ -11,6 +11,7 @@ import hashlib
 import inspect
 import logging
 import sys
+import warnings
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -18,8 +19,10 @@ from composer import Trainer
 from composer.loggers import ConsoleLogger, ProgressBarLogger
 from composer.utils import dist, reproducibility
 
+from composer_efficientnet.callbacks import DivergenceError
 from composer_efficientnet.data import BadSampleReport
 from composer_efficientnet.recipe import Entry, Recipe, RecipeError, load_recipe, validate
+from composer_efficientnet.resume import check_autoresume, checkpoint_savers
 
 __all__ = ['build_trainer', 'main', 'weights_digest']
 
@@ -75,6 +78,7 @@ def build_trainer(recipe: Recipe) -> Trainer:
     if recipe.val_dataset is not None:
         eval_data = _build_dataset(recipe.val_dataset, batch_size=settings['eval_batch_size'] // recipe.world_size,
                                    **{**context, 'seed': seed})
+    check_autoresume(recipe)  # a changed recipe stops here, before a model is built
     reproducibility.seed_all(seed)  # the model's initialization follows the recipe's seed, on every rank
     model = _build(recipe.model)
     optimizer = _build(recipe.optimizer, model.parameters())
@@ -86,7 +90,8 @@ def build_trainer(recipe: Recipe) -> Trainer:
         model=model, train_dataloader=train_data, eval_dataloader=eval_data, optimizers=optimizer,
         schedulers=[_build(entry) for entry in recipe.schedulers],
         algorithms=[_build(entry) for entry in recipe.algorithms],
-        callbacks=[BadSampleReport(), *(_build(entry) for entry in recipe.callbacks)], loggers=loggers,
+        callbacks=[BadSampleReport(), *(_build(entry) for entry in recipe.callbacks), *checkpoint_savers(recipe)],
+        loggers=loggers,
         max_duration=settings['max_duration'], device=device, precision=precision, seed=seed,
         device_train_microbatch_size=microbatch, compile_config=_compile_config(settings.get('compile')),
         progress_bar=settings.get('progress_bar', True) and not any(isinstance(l, ProgressBarLogger) for l in loggers),
@@ -95,8 +100,7 @@ def build_trainer(recipe: Recipe) -> Trainer:
     )
 
 
-_TRAINER_PASSTHROUGH = ('eval_interval', 'scale_schedule_ratio', 'save_folder', 'save_interval',
-                        'save_num_checkpoints_to_keep', 'save_overwrite', 'load_path', 'load_weights_only',
+_TRAINER_PASSTHROUGH = ('eval_interval', 'scale_schedule_ratio', 'load_path', 'load_weights_only',
                         'autoresume', 'run_name', 'deterministic_mode', 'train_subset_num_batches',
                         'eval_subset_num_batches', 'dist_timeout', 'console_log_interval', 'python_log_level')
 
@@ -108,6 +112,10 @@ def weights_digest(model: torch.nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def _rank_prefix() -> str:
+    return f'rank {dist.get_global_rank()} ' if dist.get_world_size() > 1 else ''
 
 
 def report(trainer: Trainer) -> List[str]:
@@ -128,8 +136,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='composer-efficientnet train', description=__doc__.splitlines()[0])
     parser.add_argument('recipe', help='path to a YAML recipe')
     parser.add_argument('overrides', nargs='*', help='dotted.key=value overrides, e.g. max_duration=2ep')
-    parser.add_argument('--debug', action='store_true', help='show tracebacks of recipe errors')
+    parser.add_argument('--debug', action='store_true', help='show tracebacks instead of one-line errors')
     args = parser.parse_args(argv)
+    # Composer warns on every short last batch of an epoch; that is expected with drop_last false.
+    warnings.filterwarnings('ignore', message='Cannot split tensor of length')
     try:
         recipe = validate(load_recipe(args.recipe, args.overrides), world_size=dist.get_world_size())
         trainer = build_trainer(recipe)
@@ -138,12 +148,40 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f'composer-efficientnet: recipe error: {error}', file=sys.stderr)
         return 2
-    trainer.fit()
+    return _fit(trainer, debug=args.debug)
+
+
+#: Markers of a collective that failed because another process died or stopped answering.
+_LOST_PROCESS = ('gloo', 'nccl', 'connection closed', 'connection reset', 'timed out')
+
+
+def _lost_process(error: RuntimeError) -> bool:
+    return dist.get_world_size() > 1 and (isinstance(error, torch.distributed.DistError) or any(
+        marker in str(error).lower() for marker in _LOST_PROCESS))
+
+
+def _fit(trainer: Trainer, debug: bool) -> int:
+    """Fit and report; a divergence (status 3) or a lost process (status 1) ends with one line on stderr."""
+    if trainer.state.load_path is not None:
+        print(f'{_rank_prefix()}resumed from {trainer.state.load_path} at step {int(trainer.state.timestamp.batch)}',
+              flush=True)
+    try:
+        trainer.fit()
+    except DivergenceError as error:
+        print(f'composer-efficientnet: {error}', file=sys.stderr)
+        trainer.close()
+        return 3
+    except RuntimeError as error:
+        if debug or not _lost_process(error):
+            raise
+        print(f'composer-efficientnet: {_rank_prefix()}lost contact with another process '
+              f'({str(error).splitlines()[0]}); rerun the same command to resume every process from the last '
+              'checkpoint', file=sys.stderr)
+        return 1
     for line in report(trainer):
         print(line, flush=True)
     trainer.close()
     return 0
-
 
 if __name__ == '__main__':
     sys.exit(main())
