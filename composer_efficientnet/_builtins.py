@@ -52,7 +52,7 @@ BUILTINS = {
         'sample_stochastic_depth': algorithms.SampleStochasticDepth,
     },
     'callbacks': {
-        'activation_monitor': cc.ActivationMonitor, 'checkpoint_saver': cc.CheckpointSaver,
+        'activation_monitor': cc.ActivationMonitor, 'checkpoint_saver': our_callbacks.AtomicCheckpointSaver,
         'early_stopper': cc.EarlyStopper, 'export_for_inference': cc.ExportForInferenceCallback,
         'image_visualizer': cc.ImageVisualizer, 'lr_monitor': cc.LRMonitor, 'memory_monitor': cc.MemoryMonitor,
         'memory_snapshot': cc.MemorySnapshot, 'mlperf': cc.MLPerfCallback, 'nan_monitor': cc.NaNMonitor,
@@ -60,6 +60,7 @@ BUILTINS = {
         'runtime_estimator': cc.RuntimeEstimator, 'speed_monitor': cc.SpeedMonitor,
         'system_metrics_monitor': cc.SystemMetricsMonitor, 'threshold_stopper': cc.ThresholdStopper,
         'training_curves': our_callbacks.TrainingCurves,
+        'divergence_guard': our_callbacks.DivergenceGuard,
     },
     'loggers': {
         'comet_ml': cl.CometMLLogger, 'console': cl.ConsoleLogger, 'file': cl.FileLogger,

@@ -19,7 +19,7 @@ from composer import Trainer
 from composer.loggers import ConsoleLogger, ProgressBarLogger
 from composer.utils import dist, reproducibility
 
-from composer_efficientnet.callbacks import DivergenceError
+from composer_efficientnet.callbacks import DivergenceError, SyncBuffers
 from composer_efficientnet.data import BadSampleReport
 from composer_efficientnet.recipe import Entry, Recipe, RecipeError, load_recipe, validate
 from composer_efficientnet.resume import check_autoresume, checkpoint_savers
@@ -90,7 +90,8 @@ def build_trainer(recipe: Recipe) -> Trainer:
         model=model, train_dataloader=train_data, eval_dataloader=eval_data, optimizers=optimizer,
         schedulers=[_build(entry) for entry in recipe.schedulers],
         algorithms=[_build(entry) for entry in recipe.algorithms],
-        callbacks=[BadSampleReport(), *(_build(entry) for entry in recipe.callbacks), *checkpoint_savers(recipe)],
+        callbacks=[BadSampleReport(), SyncBuffers(), *(_build(entry) for entry in recipe.callbacks),
+                   *checkpoint_savers(recipe)],
         loggers=loggers,
         max_duration=settings['max_duration'], device=device, precision=precision, seed=seed,
         device_train_microbatch_size=microbatch, compile_config=_compile_config(settings.get('compile')),
@@ -110,7 +111,7 @@ def weights_digest(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -146,7 +147,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except RecipeError as error:
         if args.debug:
             raise
-        print(f'composer-efficientnet: recipe error: {error}', file=sys.stderr)
+        print(f'composer-efficientnet: recipe error: {str(error).splitlines()[0]}', file=sys.stderr)  # one line
         return 2
     return _fit(trainer, debug=args.debug)
 

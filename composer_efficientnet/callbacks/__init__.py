@@ -1,5 +1,8 @@
 """Composer callbacks of this package, registered by name in :data:`composer_efficientnet.registry.callbacks`."""
 
+from composer_efficientnet.callbacks.checkpointing import AtomicCheckpointSaver
+from composer_efficientnet.callbacks.divergence import DivergenceError, DivergenceGuard
+from composer_efficientnet.callbacks.replicas import SyncBuffers
 from composer_efficientnet.callbacks.training_curves import TrainingCurves
 
-__all__ = ['TrainingCurves']
+__all__ = ['AtomicCheckpointSaver', 'DivergenceError', 'DivergenceGuard', 'SyncBuffers', 'TrainingCurves']

@@ -1,0 +1,206 @@
+"""Checkpoints that a kill at any moment cannot corrupt: atomic files, an atomic ``latest`` link, gates.
+
+Composer 0.32.1's ``CheckpointSaver`` writes each checkpoint in place under its final name and then updates
+the ``latest`` symlink by removing it and creating it anew. A process killed during the write leaves a
+truncated file under a checkpoint's name; one killed between the removal and the creation leaves no
+``latest`` link, so the next ``autoresume`` silently starts the run from scratch. :class:`AtomicCheckpointSaver`
+writes to a hidden temporary file that is flushed to disk and renamed into place, replaces the link with a
+rename, and only then deletes checkpoints beyond ``num_checkpoints_to_keep``. Before every write it calls its
+gates (such as :class:`~composer_efficientnet.callbacks.DivergenceGuard`'s check) on every process, so a
+gate that raises prevents the write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import glob
+import logging
+import os
+import re
+import zipfile
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+from composer.callbacks import CheckpointSaver
+from composer.core import State
+from composer.loggers import Logger
+from composer.utils import checkpoint as composer_checkpoint
+from composer.utils import dist, format_name_with_dist, partial_format
+
+__all__ = ['AtomicCheckpointSaver', 'CHECKPOINT_FILENAME', 'LATEST_FILENAME', 'PARTIAL_PREFIX',
+           'is_complete_checkpoint', 'latest_checkpoint', 'newest_complete_checkpoint', 'point_latest_at',
+           'replace_symlink']
+
+log = logging.getLogger(__name__)
+
+#: Composer's default names, which the recipe runner uses.
+CHECKPOINT_FILENAME = 'ep{epoch}-ba{batch}-rank{rank}.pt'
+LATEST_FILENAME = 'latest-rank{rank}.pt'
+#: Temporary files start with this; they never match a checkpoint name, so nothing ever loads one.
+PARTIAL_PREFIX = '.partial-'
+
+Gate = Callable[[State], None]
+
+
+def _fsync_directory(path: str) -> None:
+    fd = os.open(path or '.', os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _partial_name(path: str) -> str:
+    """A hidden sibling of ``path`` that keeps its extension (Composer picks the format by extension)."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f'{PARTIAL_PREFIX}{os.getpid()}-{name}')
+
+
+def _publish(partial: str, path: str) -> None:
+    os.replace(partial, path)
+    _fsync_directory(os.path.dirname(path))
+
+
+@contextlib.contextmanager
+def _atomic_checkpoint_files() -> Iterator[None]:
+    """While active, Composer's checkpoint writer writes a temporary file, syncs it and renames it into place."""
+    write_in_place = composer_checkpoint._write_checkpoint_file
+
+    def write_atomically(state_dict: Dict[str, Any], filename: str) -> None:
+        partial = _partial_name(filename)
+        try:
+            write_in_place(state_dict, partial)
+            with open(partial, 'rb') as file:
+                os.fsync(file.fileno())
+            _publish(partial, filename)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(partial)
+            raise
+
+    composer_checkpoint._write_checkpoint_file = write_atomically
+    try:
+        yield
+    finally:
+        composer_checkpoint._write_checkpoint_file = write_in_place
+
+
+def replace_symlink(target: str, link: str) -> None:
+    """Point ``link`` at ``target`` (relative to the link's folder) in one rename; the link is never missing."""
+    partial = _partial_name(link)
+    if os.path.lexists(partial):  # left by an earlier failure of this process
+        os.remove(partial)
+    os.symlink(os.path.relpath(target, os.path.dirname(link) or '.'), partial)
+    _publish(partial, link)
+
+
+def is_complete_checkpoint(path: str) -> bool:
+    """Whether ``path`` exists and, for a ``.pt`` file, ends with the zip directory ``torch.save`` writes last.
+
+    A truncated ``.pt`` file lacks that directory; other formats are only checked for existence.
+    """
+    if not os.path.isfile(path):
+        return False
+    return zipfile.is_zipfile(path) if path.endswith('.pt') else True
+
+
+def _checkpoint_pattern(filename: str, rank: int) -> re.Pattern:
+    pattern = re.escape(partial_format(filename, rank=rank))
+    for unit in ('epoch', 'batch', 'sample', 'token', 'batch_in_epoch', 'sample_in_epoch', 'token_in_epoch'):
+        pattern = pattern.replace(re.escape(f'{{{unit}}}'), r'\d+')
+    return re.compile(f'^{pattern}$')
+
+
+def newest_complete_checkpoint(folder: str, filename: str = CHECKPOINT_FILENAME) -> Optional[str]:
+    """The most recently written complete checkpoint of rank 0 in ``folder``, or ``None``.
+
+    The newest, rather than the ``latest`` link's: a process killed after a checkpoint was renamed into place
+    but before the link was updated (by this saver or Composer's), or a link to a missing or truncated
+    file, would otherwise resume from an older checkpoint or from scratch.
+    """
+    if not os.path.isdir(folder):
+        return None
+    pattern = _checkpoint_pattern(filename, rank=0)
+    complete = [path for path in glob.glob(os.path.join(folder, '*'))
+                if pattern.match(os.path.basename(path)) and is_complete_checkpoint(path)]
+    return max(complete, key=lambda path: os.stat(path).st_mtime_ns) if complete else None
+
+
+def point_latest_at(checkpoint: str, latest_filename: str = LATEST_FILENAME) -> None:
+    """Make rank 0's ``latest`` link beside ``checkpoint`` name it, if it does not already."""
+    link = os.path.join(os.path.dirname(checkpoint), partial_format(latest_filename, rank=0))
+    if not os.path.exists(link) or not os.path.samefile(link, checkpoint):
+        log.warning('autoresume: pointing %s at %s, the most recently written complete checkpoint', link, checkpoint)
+        replace_symlink(checkpoint, link)
+
+
+def latest_checkpoint(state: State) -> Optional[str]:
+    """Rank 0's latest complete checkpoint as written by the run's first checkpoint saver, if any."""
+    saver = next((cb for cb in state.callbacks if isinstance(cb, CheckpointSaver)), None)
+    if saver is None or saver.latest_filename is None:
+        return None
+    link = os.path.join(saver.folder, partial_format(saver.latest_filename.filename, rank=0))
+    path = os.path.realpath(format_name_with_dist(link, state.run_name))
+    return path if is_complete_checkpoint(path) else None
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """Composer's :class:`~composer.callbacks.CheckpointSaver` (same arguments), made safe to kill at any moment.
+
+    Monolithic checkpoints (the default; not FSDP-sharded ones) are written to a hidden ``.partial-*`` file,
+    synced and renamed; the ``latest`` link is replaced by a rename after the checkpoint is complete; old
+    checkpoints are deleted only after that. Leftover ``.partial-*`` files of a killed run are removed when the
+    next fit starts.
+
+    Args:
+        metadata: JSON-like data stored in every checkpoint (under this callback's state), such as what the
+            recipe trained; read it back with ``torch.load(path)['state']['callbacks']['AtomicCheckpointSaver']``.
+            Set by the recipe runner, not by recipes.
+        **kwargs: :class:`~composer.callbacks.CheckpointSaver`'s arguments.
+    """
+
+    @functools.wraps(CheckpointSaver.__init__)  # recipes are validated against CheckpointSaver's arguments
+    def __init__(self, *args: Any, metadata: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.metadata = metadata
+        self._gates: List[Gate] = []
+
+    def add_gate(self, gate: Gate) -> None:
+        """Call ``gate(state)`` on every process before each checkpoint is written; if it raises, none is."""
+        self._gates.append(gate)
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        if dist.get_global_rank() == 0:
+            folder = format_name_with_dist(self.folder, state.run_name)
+            for partial in glob.glob(os.path.join(folder, f'{PARTIAL_PREFIX}*')):
+                log.info('Removing %s, a checkpoint whose writing was interrupted', partial)
+                os.remove(partial)
+        super().fit_start(state, logger)
+
+    def state_dict(self) -> Dict[str, Any]:
+        state = super().state_dict()
+        if self.metadata is not None:
+            state['metadata'] = self.metadata
+        return state
+
+    def _save_checkpoint(self, state: State, logger: Logger) -> None:
+        for gate in self._gates:
+            gate(state)
+        latest, keep = self.latest_filename, self.num_checkpoints_to_keep
+        written = len(self.saved_checkpoints)
+        self.latest_filename, self.num_checkpoints_to_keep = None, -1  # both done below, in a safe order
+        try:
+            with _atomic_checkpoint_files():
+                super()._save_checkpoint(state, logger)
+        finally:
+            self.latest_filename, self.num_checkpoints_to_keep = latest, keep
+        if len(self.saved_checkpoints) == written:  # this process wrote no file
+            return
+        if latest is not None and keep != 0 and self.rank_saves_symlinks:
+            saved = self.saved_checkpoints[-1]
+            target = os.path.dirname(saved) if state.fsdp_sharded_state_dict_enabled else saved
+            link = latest.format(state)
+            os.makedirs(os.path.dirname(link) or '.', exist_ok=True)
+            replace_symlink(target, link)
+        if keep >= 0:
+            self._rotate_checkpoints(sharding_enabled=state.fsdp_sharded_state_dict_enabled)

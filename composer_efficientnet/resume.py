@@ -1,0 +1,119 @@
+"""Checkpointing and autoresume for recipe runs: safe checkpoints, and a resume only of the same run.
+
+With ``autoresume: true``, ``save_folder`` and ``run_name``, rerunning a command continues from the newest
+complete checkpoint of its folder. Every checkpoint records what the recipe trained (model and its
+parameters, optimizer, training data, global batch size); resuming with a recipe that differs there stops
+with a :class:`ResumeMismatchError` naming each difference, before a model is built.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from composer.utils import dist, format_name_with_dist, parse_uri
+
+from composer_efficientnet.callbacks.checkpointing import (CHECKPOINT_FILENAME, LATEST_FILENAME,
+                                                           AtomicCheckpointSaver, newest_complete_checkpoint,
+                                                           point_latest_at)
+from composer_efficientnet.efficientnet import canonical_name
+from composer_efficientnet.recipe import Entry, Recipe, RecipeError
+
+__all__ = ['ResumeMismatchError', 'checkpoint_savers', 'check_autoresume', 'run_identity', 'stored_identity']
+
+
+class ResumeMismatchError(RecipeError):
+    """Autoresume with a recipe that trains something other than the run whose checkpoints it would load."""
+
+
+def _resolved(entry: Entry) -> Dict[str, Any]:
+    """The entry's name and every parameter, defaults filled in, as JSON would store them."""
+    try:
+        name = canonical_name(entry.name)
+    except ValueError:  # not an EfficientNet member
+        name = entry.name
+    try:
+        bound = inspect.signature(entry.target).bind_partial(**entry.params)
+        bound.apply_defaults()
+        params = {k: v for k, v in bound.arguments.items() if k != 'kwargs'}
+    except (TypeError, ValueError):
+        params = dict(entry.params)
+    return json.loads(json.dumps({'': name, **params}, default=str, sort_keys=True))
+
+
+def run_identity(recipe: Recipe) -> Dict[str, Any]:
+    """What a resumed run must share with the run that wrote the checkpoint, as flat ``key: value`` pairs."""
+    model = _resolved(recipe.model)
+    identity = {'model': model.pop('')}
+    identity.update({f'model.{name}': value for name, value in model.items()})
+    identity.update({'optimizers': recipe.optimizer.name, 'train_dataset': recipe.train_dataset.name,
+                     'train_batch_size': recipe.settings['train_batch_size']})
+    return identity
+
+
+def checkpoint_savers(recipe: Recipe) -> List[AtomicCheckpointSaver]:
+    """The recipe's ``save_*`` settings as an :class:`AtomicCheckpointSaver` with Composer's defaults (none
+    without a ``save_folder``); its checkpoints record :func:`run_identity`."""
+    settings = recipe.settings
+    folder = settings.get('save_folder')
+    if folder is None:
+        return []
+    _, _, path = parse_uri(folder)
+    remote = (lambda name: str(Path(path) / name)) if path else (lambda name: name)
+    try:
+        return [AtomicCheckpointSaver(
+            folder=folder, filename=CHECKPOINT_FILENAME, remote_file_name=remote(CHECKPOINT_FILENAME),
+            latest_filename=LATEST_FILENAME, latest_remote_file_name=remote(LATEST_FILENAME),
+            save_interval=settings.get('save_interval', '1ep'), overwrite=settings.get('save_overwrite', False),
+            num_checkpoints_to_keep=settings.get('save_num_checkpoints_to_keep', -1),
+            metadata={'recipe': run_identity(recipe)})]
+    except (ValueError, NotImplementedError) as error:
+        raise RecipeError('save_interval', f"must be a Composer time such as '1ep' or '500ba', got "
+                          f"{settings.get('save_interval')!r} ({error})") from None
+
+
+def stored_identity(checkpoint: str) -> Optional[Dict[str, Any]]:
+    """The :func:`run_identity` a checkpoint was written with; ``None`` for checkpoints that have none."""
+    try:
+        state = torch.load(checkpoint, map_location='cpu', mmap=True, weights_only=False)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise RecipeError('autoresume', f"cannot read checkpoint '{checkpoint}': {error}") from None
+    saver_state = state.get('state', {}).get('callbacks', {}).get(AtomicCheckpointSaver.__qualname__, {})
+    return saver_state.get('metadata', {}).get('recipe')
+
+
+def _differences(stored: Dict[str, Any], current: Dict[str, Any]) -> str:
+    keys = list(stored) + [key for key in current if key not in stored]
+    return '; '.join(f'{key} was {stored.get(key)!r}, is {current.get(key)!r}' for key in keys
+                     if stored.get(key) != current.get(key))
+
+
+def check_autoresume(recipe: Recipe) -> Optional[str]:
+    """For an autoresuming recipe with a local ``save_folder``: point ``latest`` at the newest complete
+    checkpoint (rank 0), check that the recipe trains what that checkpoint holds, and return its path.
+
+    Raises :class:`ResumeMismatchError` naming each difference. Returns ``None`` when nothing is resumed.
+    """
+    settings = recipe.settings
+    if not (settings.get('autoresume') and settings.get('save_folder') and settings.get('run_name')):
+        return None
+    backend, _, _ = parse_uri(settings['save_folder'])
+    if backend:  # a remote folder is Composer's to search
+        return None
+    folder = format_name_with_dist(settings['save_folder'], settings['run_name'])
+    checkpoint = newest_complete_checkpoint(folder)
+    if checkpoint is None:
+        return None
+    stored = stored_identity(checkpoint)
+    if stored is not None:
+        difference = _differences(stored, run_identity(recipe))
+        if difference:
+            raise ResumeMismatchError('autoresume', f"this recipe differs from the run that wrote '{checkpoint}': "
+                                      f'{difference}; resume with that recipe, or start a new run with another '
+                                      'run_name or save_folder')
+    if dist.get_global_rank() == 0:
+        point_latest_at(checkpoint)
+    return checkpoint

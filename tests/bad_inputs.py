@@ -1,0 +1,199 @@
+"""The catalogue of bad inputs the project rejects, and what each gives.
+
+One row per input: its kind (recipe, override, data tree, weight file, command line), the command line of
+``composer-efficientnet`` that feeds it (after writing what it needs into an empty folder), and a regular
+expression for the last line on stderr. Every row exits with status 2 and leaves the folder as it was:
+tests/test_bad_inputs.py runs them all. Rows marked ``gap`` are inputs the project does not reject cleanly
+yet (a traceback or a left-over folder); they run as strict expected failures.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+import torch
+import yaml
+
+from tests.data_trees import make_tree
+from tests.test_recipe import BASE, MISTAKES
+
+Setup = Callable[[Path], List[str]]
+
+
+@dataclass(frozen=True)
+class BadInput:
+    kind: str  # recipe, override, data, weights, cli
+    name: str
+    setup: Setup  # writes what the case needs under the folder; returns the command line
+    message: str  # regular expression for the last line on stderr
+    usage: bool = False  # argparse errors print a usage line before the message
+    gap: str = ''  # why the project does not reject it cleanly yet
+
+
+RUN = {**BASE, 'save_folder': 'checkpoints', 'progress_bar': False,
+       'train_dataset': {'digits': {'is_train': True, 'image_size': 8}},
+       'val_dataset': {'digits': {'is_train': False, 'image_size': 8}}}
+
+
+def write_recipe(folder: Path, recipe: Dict[str, Any]) -> str:
+    path = folder / 'recipe.yaml'
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+def write_text(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def recipe(name: str, content: Dict[str, Any], message: str, gap: str = '') -> BadInput:
+    return BadInput('recipe', name, lambda tmp: ['train', write_recipe(tmp, content)], message, gap=gap)
+
+
+def override(name: str, overrides: List[str], message: str, gap: str = '') -> BadInput:
+    return BadInput('override', name, lambda tmp: ['train', write_recipe(tmp, RUN), *overrides], message, gap=gap)
+
+
+def with_run(**changes: Any) -> Dict[str, Any]:
+    return {**copy.deepcopy(RUN), **changes}
+
+
+# -- data trees: an ImageFolder tree, broken one way each ------------------------------------------------------
+
+def imagenet_recipe(tmp: Path, breaking: Callable[[Path], None]) -> List[str]:
+    root = make_tree(tmp / 'imagenet', per_class=2)
+    breaking(root)
+    datasets = {f'{split}_dataset': {'imagenet': {'datadir': str(root), 'is_train': split == 'train',
+                                                  'crop_size': 16}} for split in ('train', 'val')}
+    return ['train', write_recipe(tmp, with_run(**datasets))]
+
+
+def data(name: str, breaking: Callable[[Path], None], message: str) -> BadInput:
+    return BadInput('data', name, lambda tmp: imagenet_recipe(tmp, breaking), message)
+
+
+def _empty_class(root: Path) -> None:
+    for image in (root / 'train' / 'dog').iterdir():
+        image.unlink()
+
+
+# -- weight files for model.efficientnet_b0.pretrained ----------------------------------------------------------
+
+def weights(name: str, content: Callable[[Path], None], message: str) -> BadInput:
+    def setup(tmp: Path) -> List[str]:
+        path = tmp / 'weights.pt'
+        content(path)
+        return ['train', write_recipe(tmp, RUN), f'model.efficientnet_b0.pretrained={path}']
+
+    return BadInput('weights', name, setup, message)
+
+
+def _member_weights(member: str) -> Callable[[Path], None]:
+    def save(path: Path) -> None:
+        from composer_efficientnet import EfficientNet
+        torch.save(EfficientNet.from_name(member).state_dict(), path)
+
+    return save
+
+
+# -- composer-efficientnet's own arguments ------------------------------------------------------------------------
+
+def cli(name: str, setup: Setup, message: str, usage: bool = True) -> BadInput:
+    return BadInput('cli', name, setup, message, usage=usage)
+
+
+def _converted_source(tmp: Path) -> List[str]:
+    make_tree(tmp / 'src', per_class=1)
+    (tmp / 'out' / 'train').mkdir(parents=True)
+    (tmp / 'out' / 'train' / 'shard.00000.mds').write_bytes(b'earlier shards')
+    return ['convert-dataset', '--src', str(tmp / 'src'), '--out', str(tmp / 'out')]
+
+
+def _half_bad_source(tmp: Path) -> List[str]:
+    root = make_tree(tmp / 'src', per_class=1)
+    shutil.rmtree(root / 'val' / 'eel')
+    (root / 'val' / 'eel').mkdir()
+    return ['convert-dataset', '--src', str(root), '--out', str(tmp / 'out')]
+
+
+TABLE: List[BadInput] = [
+    # Recipe mistakes, as tests/test_recipe.py lists them, here through the command line.
+    *(recipe(label, content, message) for label, content, message in MISTAKES),
+    BadInput('recipe', 'not YAML', lambda tmp: ['train', write_text(tmp / 'bad.yaml', 'model: [unclosed\n')],
+             r"recipe: '.*bad.yaml' is not valid YAML"),
+    BadInput('recipe', 'not a mapping', lambda tmp: ['train', write_text(tmp / 'list.yaml', '- model\n')],
+             r"recipe: '.*list.yaml' must be a mapping of sections, got ListConfig"),
+    recipe('bad save_interval', with_run(save_interval='soon'),
+           r"save_interval: must be a Composer time such as '1ep' or '500ba', got 'soon'"),
+    recipe('divergence_guard check_interval', with_run(callbacks=[{'divergence_guard': {'check_interval': 0}}]),
+           r'callbacks.divergence_guard: check_interval must be a positive number of batches or null, got 0'),
+    recipe('checkpoint_saver parameter', with_run(callbacks=[{'checkpoint_saver': {'folderr': 'x'}}]),
+           r"callbacks.checkpoint_saver.folderr: unknown parameter \(did you mean 'folder'\?\)"),
+    recipe('zero batch size', with_run(train_batch_size=0), r'train_batch_size: must be a positive integer, got 0'),
+    recipe('negative workers', with_run(dataloader={'num_workers': -1}),
+           r'train_dataset.digits: num_workers option should be non-negative'),
+    recipe('bad max_duration', with_run(max_duration='forever'), r'max_duration: .*forever',
+           gap='validate() does not parse time strings: ValueError traceback from the Trainer, empty save_folder'),
+    recipe('bad eval_interval', with_run(eval_interval='soon'), r'eval_interval: .*soon',
+           gap='validate() does not parse time strings: ValueError traceback from the Trainer, empty save_folder'),
+    recipe('negative scale_schedule_ratio', with_run(scale_schedule_ratio=-1), r'scale_schedule_ratio: ',
+           gap='no range check: ValueError traceback from the Trainer, empty save_folder'),
+    # Overrides on the command line.
+    override('override without =', ['max_duration'], r"max_duration: an override is written key=value"),
+    override('override of an unknown parameter', ['optimizers.sgd.lrr=0.1'],
+             r"optimizers.sgd.lrr: unknown parameter \(did you mean 'lr'\?\)"),
+    override('override of the wrong type', ['seed=[1, 2]'], r'seed: must be int, got \[1, 2\]'),
+    override('override into a scalar', ['max_duration.epochs=3'],
+             r"max_duration: must be str or int, got \{'epochs': 3\}"),
+    # Data trees.
+    data('missing datadir', lambda root: shutil.rmtree(root), r"train_dataset.imagenet.datadir: directory '.*' does "
+         r'not exist'),
+    data('missing val split', lambda root: shutil.rmtree(root / 'val'), r'val_dataset.imagenet: .*/val: split '
+         r'directory not found'),
+    data('empty class folder', _empty_class, r'train_dataset.imagenet: .*/train/dog: empty class folder'),
+    data('non-image file', lambda root: (root / 'train' / 'eel' / 'notes.txt').write_text('x'),
+         r'train_dataset.imagenet: .*1 file\(s\) that are not images \(eel/notes.txt\)'),
+    data('loose file in a split', lambda root: (root / 'train' / 'labels.csv').write_text('a,b'),
+         r'train_dataset.imagenet: .*labels.csv.*expected only one subfolder per class'),
+    data('train and val classes differ', lambda root: shutil.copytree(root / 'val' / 'eel', root / 'val' / 'fox'),
+         r"only in train: none; only in val: \['fox'\]"),
+    # Weight files.
+    weights('missing weight file', lambda path: None, r"model.efficientnet_b0: Pretrained weights file '.*weights.pt' "
+            r'does not exist'),
+    weights('not a torch file', lambda path: path.write_bytes(b'not a checkpoint'),
+            r"model.efficientnet_b0: Could not read pretrained weights file '.*weights.pt'"),
+    weights('not a state dict', lambda path: torch.save([1, 2, 3], path),
+            r"model.efficientnet_b0: Pretrained weights file '.*' does not hold a state dict of tensors"),
+    weights('unknown format', lambda path: torch.save({'encoder.weight': torch.zeros(1)}, path),
+            r'model.efficientnet_b0: Unrecognized EfficientNet state dict: .* first keys are: encoder.weight'),
+    weights('torchvision keys without a counterpart', lambda path: torch.save(
+        {'features.0.0.weight': torch.zeros(1), 'features.9.weight': torch.zeros(1)}, path),
+        r'1 key\(s\) of the torchvision state dict have no counterpart .*: features.9.weight'),
+    weights('another member', _member_weights('efficientnet_b1'),
+            r'model.efficientnet_b0: Pretrained weights do not fit this model \(the checkpoint looks like '
+            r'efficientnet_b1\)'),
+    # composer-efficientnet's command line.
+    cli('no command', lambda tmp: [], r'the following arguments are required: command'),
+    cli('unknown command', lambda tmp: ['trian'], r"argument command: invalid choice: 'trian'"),
+    cli('unknown kind to list', lambda tmp: ['list', 'widgets'], r"argument kind: invalid choice: 'widgets'"),
+    cli('train without a recipe', lambda tmp: ['train'], r'the following arguments are required: recipe'),
+    cli('train with an unknown option', lambda tmp: ['train', write_recipe(tmp, RUN), '--resume'],
+        r'unrecognized arguments: --resume'),
+    cli('missing recipe file', lambda tmp: ['train', str(tmp / 'nope.yaml')], r"recipe: file '.*nope.yaml' does not "
+        r'exist', usage=False),
+    cli('convert without --src', lambda tmp: ['convert-dataset', '--out', str(tmp / 'out')],
+        r'the following arguments are required: --src'),
+    cli('convert a missing tree', lambda tmp: ['convert-dataset', '--src', str(tmp / 'none'), '--out',
+                                               str(tmp / 'out')], r'none of the splits .* exists there', usage=False),
+    cli('convert into shards already there', _converted_source, r'out/train: output directory is not empty',
+        usage=False),
+    cli('benchmark on an unknown device', lambda tmp: ['benchmark', '--device', 'tpu'],
+        r"argument --device: invalid choice: 'tpu'"),
+    cli('benchmark with a zero batch', lambda tmp: ['benchmark', '--batch-size', '0'], r'argument --batch-size: '),
+    BadInput('cli', 'convert a tree whose val split is bad', _half_bad_source, r'val/eel: empty class folder',
+             gap='convert-dataset writes train shards before it scans val, and leaves them'),
+]

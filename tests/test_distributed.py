@@ -1,0 +1,93 @@
+"""Across processes (2 CPU processes, gloo): identical weights on both ranks; killing one rank ends the other
+with one clear line within the distributed timeout, not a hang; the rerun resumes both, bitwise."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICKSTART = str(ROOT / 'recipes' / 'quickstart.yaml')
+DIST_TIMEOUT = 20
+OVERRIDES = ['max_duration=4ba', 'save_interval=2ba', 'autoresume=true', 'run_name=dist', 'deterministic_mode=true',
+             f'dist_timeout={DIST_TIMEOUT}', 'save_num_checkpoints_to_keep=-1', 'progress_bar=false',
+             'train_dataset.digits.image_size=8', 'val_dataset.digits.image_size=8', 'eval_subset_num_batches=1']
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
+
+
+def _digests(text: str) -> dict:
+    return {int(rank): digest for rank, digest in re.findall(r'^rank (\d) final weights sha256: (\w+)$', text, re.M)}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def _start_ranks(tmp: Path, attempt: str) -> list:
+    """Both ranks as the launcher starts them (its environment variables), each with its own output files."""
+    port = str(_free_port())
+    processes = []
+    for rank in range(2):
+        env = {**ENV, 'RANK': str(rank), 'LOCAL_RANK': str(rank), 'WORLD_SIZE': '2', 'LOCAL_WORLD_SIZE': '2',
+               'NODE_RANK': '0', 'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': port}
+        out = open(tmp / f'{attempt}-rank{rank}.out', 'w')
+        err = open(tmp / f'{attempt}-rank{rank}.err', 'w')
+        processes.append(subprocess.Popen(
+            [sys.executable, '-m', 'composer_efficientnet.train', QUICKSTART, *OVERRIDES,
+             f'save_folder={tmp / "checkpoints"}'], cwd=tmp, env=env, stdout=out, stderr=err))
+    return processes
+
+
+@pytest.fixture(scope='module')
+def launched(tmp_path_factory):
+    """``composer -n 2`` on the quickstart recipe, uninterrupted: the final weights of each rank."""
+    tmp = tmp_path_factory.mktemp('launched')
+    launcher = str(Path(sys.executable).parent / 'composer')
+    result = subprocess.run([launcher, '-n', '2', '--stdout', str(tmp / 'rank{rank}.out'), '--stderr',
+                             str(tmp / 'rank{rank}.err'), '-m', 'composer_efficientnet.train', QUICKSTART, *OVERRIDES,
+                             f'save_folder={tmp / "checkpoints"}'], cwd=tmp, env=ENV, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {**_digests(result.stdout), **_digests((tmp / 'rank1.out').read_text())}
+
+
+@pytest.mark.slow
+def test_launcher_run_ends_with_identical_weights_on_both_ranks(launched):
+    assert sorted(launched) == [0, 1] and launched[0] == launched[1]
+
+
+@pytest.mark.slow
+def test_killed_rank_stops_the_other_and_the_rerun_resumes_both(tmp_path, launched):
+    rank0, rank1 = _start_ranks(tmp_path, 'first')
+    latest = tmp_path / 'checkpoints' / 'latest-rank0.pt'
+    deadline = time.monotonic() + 300
+    while not latest.exists():
+        assert rank0.poll() is None and rank1.poll() is None, (tmp_path / 'first-rank0.err').read_text()
+        assert time.monotonic() < deadline, 'no checkpoint was written'
+        time.sleep(0.05)
+    rank1.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    assert rank0.wait(timeout=DIST_TIMEOUT + 30) == 1  # not a hang: gloo sees the closed connection or times out
+    assert time.monotonic() - killed < DIST_TIMEOUT + 30
+    last_line = (tmp_path / 'first-rank0.err').read_text().strip().splitlines()[-1]
+    assert re.fullmatch(r'composer-efficientnet: rank 0 lost contact with another process \(.+\); rerun the same '
+                        r'command to resume every process from the last checkpoint', last_line), last_line
+    step = int(re.search(r'ep0-ba(\d+)-rank0\.pt', os.readlink(latest))[1])
+
+    rerun = _start_ranks(tmp_path, 'rerun')
+    for rank, process in enumerate(rerun):
+        assert process.wait(timeout=600) == 0, (tmp_path / f'rerun-rank{rank}.err').read_text()
+    outputs = [(tmp_path / f'rerun-rank{rank}.out').read_text() for rank in range(2)]
+    for rank, output in enumerate(outputs):
+        assert f'rank {rank} resumed from {latest} at step {step}' in output
+    assert {**_digests(outputs[0]), **_digests(outputs[1])} == launched  # as if never interrupted
