@@ -1,12 +1,22 @@
-"""Shared helpers: a tiny Composer fit on the embedded digits."""
+"""Shared helpers: a tiny Composer fit on the embedded digits; one intra-op thread per test process."""
 
 from typing import Any, List, Optional
 
+import pytest
 import torch
 from composer import Trainer
 
 from composer_efficientnet import composer_efficientnet
 from composer_efficientnet.data import build_digits_dataspec
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a loaded 2-core machine, two threads per process run up to 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def seeded_model(seed: int = 17, **kwargs: Any) -> torch.nn.Module:

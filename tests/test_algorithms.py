@@ -4,7 +4,6 @@ import logging
 
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision
 from composer.algorithms import LabelSmoothing as ComposerLabelSmoothing
 from composer.algorithms import StochasticDepth

@@ -19,13 +19,6 @@ from tests.conftest import seeded_model
 RECIPES = os.path.join(os.path.dirname(__file__), '..', 'recipes')
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a loaded 2-core machine, two threads per process run up to 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class PoisonAt(Callback):

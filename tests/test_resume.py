@@ -29,7 +29,7 @@ from composer_efficientnet.callbacks import AtomicCheckpointSaver
 from composer_efficientnet.callbacks.checkpointing import (PARTIAL_PREFIX, is_complete_checkpoint,
                                                            newest_complete_checkpoint)
 from composer_efficientnet.resume import stored_identity
-from tests.test_divergence import one_thread, tiny_trainer  # noqa: F401 - one_thread is an autouse fixture
+from tests.test_divergence import tiny_trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = str(ROOT / 'recipes' / 'quickstart.yaml')
