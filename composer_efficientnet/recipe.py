@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import yaml
+from composer.core import Time
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -137,6 +138,7 @@ def validate(config: Dict[str, Any], world_size: int = 1) -> Recipe:
                     settings={k: config[k] for k in _SCALARS if config.get(k) is not None}, world_size=world_size,
                     **many)
     _check_batches(recipe)
+    _check_times(recipe.settings)
     _check_augmentation(recipe)
     _check_dataloader(recipe.settings.get('dataloader', {}))
     recipe.precision = _precision(recipe.settings.get('precision'))
@@ -258,6 +260,20 @@ def _check_batches(recipe: Recipe) -> None:
                           f'got {accum}')
     if recipe.val_dataset is not None and 'eval_batch_size' not in recipe.settings:
         raise RecipeError('eval_batch_size', 'is required when val_dataset is set')
+
+
+def _check_times(settings: Dict[str, Any]) -> None:
+    for key in ('max_duration', 'eval_interval'):
+        value = settings.get(key)
+        if isinstance(value, str):
+            try:
+                Time.from_timestring(value)
+            except ValueError:
+                raise RecipeError(key, f"must be a Composer time such as '10ep', '500ba' or '0.5dur', or an "
+                                  f'integer, got {value!r}') from None
+    ratio = settings.get('scale_schedule_ratio')
+    if ratio is not None and ratio <= 0:
+        raise RecipeError('scale_schedule_ratio', f'must be a positive number, got {ratio!r}')
 
 
 _VISION_DATASET_ALGORITHMS = ('randaugment', 'augmix')
