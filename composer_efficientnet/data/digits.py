@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from composer.core import DataSpec
 from sklearn.datasets import load_digits
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 
 from composer_efficientnet.data.loading import make_dataloader, make_dataspec
 
-__all__ = ['digits_tensors', 'RandomShift', 'build_digits_dataspec']
+__all__ = ['digits_tensors', 'build_digits_dataspec']
 
 
 def digits_tensors(is_train: bool, image_size: int = 32, holdout_fraction: float = 0.2,
@@ -36,35 +36,12 @@ def digits_tensors(is_train: bool, image_size: int = 32, holdout_fraction: float
     return TensorDataset(images[chosen], labels[chosen])
 
 
-class RandomShift(Dataset):
-    """Translate each image read by up to ``max_shift`` pixels in each direction (zero fill): the classic
-    augmentation for small digit images, which otherwise overfit within a few epochs."""
-
-    def __init__(self, dataset: TensorDataset, max_shift: int) -> None:
-        self.dataset, self.max_shift = dataset, max_shift
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple:
-        image, label = self.dataset[index]
-        shift, (height, width) = self.max_shift, image.shape[-2:]
-        top, left = torch.randint(0, 2 * shift + 1, (2,)).tolist()
-        padded = F.pad(image, (shift, shift, shift, shift))
-        return padded[:, top:top + height, left:left + width], label
-
-
 def build_digits_dataspec(is_train: bool = True, image_size: int = 32, holdout_fraction: float = 0.2,
-                          split_seed: int = 0, shuffle: Optional[bool] = None, drop_last: bool = False,
-                          max_shift: int = 0, *, batch_size: int, seed: int = 17,
+                          split_seed: int = 0, shuffle: Optional[bool] = None, drop_last: bool = False, *,
+                          batch_size: int, seed: int = 17,
                           dataloader_kwargs: Optional[Dict[str, Any]] = None) -> DataSpec:
-    """A Composer DataSpec over the digits; ``shuffle`` defaults to ``is_train``; ``max_shift`` pixels of
-    random translation (0: none) apply to the train part only."""
-    if max_shift < 0:
-        raise ValueError(f'max_shift must be a number of pixels >= 0, got {max_shift}.')
+    """A Composer DataSpec over the digits; ``shuffle`` defaults to ``is_train``."""
     dataset = digits_tensors(is_train, image_size, holdout_fraction, split_seed)
-    if is_train and max_shift:
-        dataset = RandomShift(dataset, max_shift)
     shuffle = is_train if shuffle is None else shuffle
     loader = make_dataloader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
                              dataloader_kwargs=dataloader_kwargs)
