@@ -62,13 +62,16 @@ def convert_imagefolder_to_mds(src: str, out: str, splits: Sequence[str] = tuple
     if not present:
         raise SplitNotFoundError(f'{src}: none of the splits {", ".join(splits)} exists there; expected an '
                                  'ImageFolder tree such as train/<class>/<image>.JPEG.')
-    counts: Dict[str, int] = {}
+    scanned = {}  # every split is checked before anything is written, so a bad tree leaves no shards behind
     for split in present:
-        split_dir, split_out = os.path.join(src, split), _join(out, split)
+        split_out = _join(out, split)
         if not _is_url(split_out) and os.path.isdir(split_out) and os.listdir(split_out):
             raise FileExistsError(f'{split_out}: output directory is not empty; expected an empty or missing '
                                   'directory (remove it to convert again).')
-        _, paths, labels = scan_split(split_dir)
+        scanned[split] = scan_split(os.path.join(src, split))[1:]
+    counts: Dict[str, int] = {}
+    for split, (paths, labels) in scanned.items():
+        split_dir, split_out = os.path.join(src, split), _join(out, split)
         log.info('Writing %d samples of %s to %s', len(paths), split_dir, split_out)
         with streaming.MDSWriter(out=split_out, columns=MDS_COLUMNS, compression=compression,
                                  size_limit=size_limit) as writer:
