@@ -1,0 +1,105 @@
+"""Interleaved A/B timing of the training step on a shared CPU: this package's member through ``composer.Trainer``
+and a peer's plain-loop step take turns, one step each, so both see the same background load.
+
+``python -m composer_efficientnet.benchmark`` times rows one after another, which on a machine shared with other
+jobs mixes the load's changes into the ratio. Here each Trainer step is followed by one peer step run from a
+Trainer callback (outside the Trainer step's timing), and the ratio is taken per pair. Settings and models are the
+benchmark's own (``composer_efficientnet.benchmark``).
+
+Usage (from the repository root): ``python benchmarks/cpu_ab.py --pairs 12 --batch-size 32 --resolution 224
+[--threads 1] [--peer torchvision] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import time
+from typing import Dict, List, Optional
+
+import torch
+from composer import Callback, State, Trainer
+from composer.algorithms import ChannelsLast
+from composer.loggers import Logger
+
+from composer_efficientnet import benchmark as bench
+from composer_efficientnet.algorithms import LabelSmoothing, SampleStochasticDepth
+from composer_efficientnet.composer_model import composer_efficientnet
+
+
+class PeerTurns(Callback):
+    """At each Trainer batch end: note the end of the Trainer step, run and time one peer step, and note when
+    the Trainer resumes."""
+
+    def __init__(self, peer: str, settings: bench.Settings) -> None:
+        self.settings = settings
+        self.model = bench.build_loop_model(peer, settings.model).to(memory_format=settings.memory_format).train()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), **bench.SGD_ARGS)
+        self.batch = bench.make_batch(settings, torch.device('cpu'))
+        self.trainer_s: List[float] = []
+        self.peer_s: List[float] = []
+        self._resumed = time.perf_counter()
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        ended = time.perf_counter()
+        self.trainer_s.append(ended - self._resumed)
+        bench.loop_step(self.model, self.optimizer, self.batch, self.settings)
+        self._resumed = time.perf_counter()
+        self.peer_s.append(self._resumed - ended)
+
+
+def run_pairs(settings: bench.Settings, peer: str, pairs: int, warmup: int) -> Dict[str, object]:
+    """Alternate ``warmup + pairs`` Trainer and peer steps; the per-pair ratios skip the warm-up pairs."""
+    turns = PeerTurns(peer, settings)
+    model = composer_efficientnet(settings.model, num_classes=bench.NUM_CLASSES)
+    algorithms = [SampleStochasticDepth(drop_rate=bench.DROP_RATE), LabelSmoothing(smoothing=bench.LABEL_SMOOTHING)]
+    if settings.channels_last:
+        algorithms.append(ChannelsLast())
+    trainer = Trainer(model=model, train_dataloader=bench.RepeatBatch(turns.batch), max_duration=f'{warmup + pairs}ba',
+                      optimizers=torch.optim.SGD(model.parameters(), **bench.SGD_ARGS), algorithms=algorithms,
+                      callbacks=[turns], device='cpu', precision='fp32', progress_bar=False, log_to_console=False,
+                      loggers=[], seed=settings.seed, device_train_microbatch_size=settings.batch_size)
+    trainer.fit()
+    trainer.close()
+    ours, theirs = turns.trainer_s[warmup:], turns.peer_s[warmup:]
+    ratios = [t / o for o, t in zip(ours, theirs)]  # > 1: ours is faster
+    return {'ours_images_per_s': settings.batch_size / statistics.median(ours),
+            'peer_images_per_s': settings.batch_size / statistics.median(theirs),
+            'median_pair_ratio': statistics.median(ratios), 'pair_ratios': ratios,
+            'ours_step_s': ours, 'peer_step_s': theirs}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--model', default='efficientnet_b0')
+    parser.add_argument('--peer', choices=('torchvision', 'timm', 'ours-loop'), default='torchvision')
+    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--resolution', type=int, default=224)
+    parser.add_argument('--pairs', type=int, default=12)
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--threads', type=int, help='torch threads (default: torch\'s own)')
+    parser.add_argument('--channels-last', action='store_true', help='channels_last input and peer model')
+    parser.add_argument('--json', metavar='PATH')
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = bench.Settings(model=args.model, device='cpu', batch_size=args.batch_size, resolution=args.resolution,
+                              precision='fp32', channels_last=args.channels_last, warmup=args.warmup, steps=1,
+                              windows=args.pairs, compile=False, rows=('ours', args.peer))
+    torch.manual_seed(settings.seed)
+    result = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+              'device': bench.device_name(torch.device('cpu')), 'versions': bench.versions(), 'peer': args.peer,
+              'settings': vars(args), **run_pairs(settings, args.peer, args.pairs, args.warmup)}
+    print(f"{result['device']}, batch {args.batch_size}, {args.resolution}x{args.resolution}, fp32: ours (Trainer) "
+          f"{result['ours_images_per_s']:.2f} images/s, {args.peer} (plain loop) {result['peer_images_per_s']:.2f}; "
+          f"median per-pair ratio ours/{args.peer} {result['median_pair_ratio']:.3f} over {args.pairs} pairs")
+    if args.json:
+        with open(args.json, 'w') as file:
+            json.dump(result, file, indent=2)
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
