@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import inspect
-import logging
 import sys
 import warnings
 from typing import Any, Dict, List, Optional
@@ -26,7 +25,6 @@ from composer_efficientnet.resume import check_autoresume, checkpoint_savers
 
 __all__ = ['build_trainer', 'main', 'weights_digest']
 
-log = logging.getLogger(__name__)
 
 
 def _build_dataset(entry: Entry, **context: Any) -> Any:
@@ -49,7 +47,6 @@ def _device_and_precision(recipe: Recipe) -> tuple:
     device = next(iter(device)) if isinstance(device, dict) else device
     precision = recipe.precision
     if device == 'cpu' and precision and precision.startswith('amp'):
-        log.warning('precision %s needs a GPU; this CPU run uses fp32.', recipe.settings['precision'])
         print(f"warning: precision {recipe.settings['precision']} needs a GPU; this CPU run uses fp32.",
               file=sys.stderr)
         precision = 'fp32'
