@@ -26,7 +26,6 @@ from composer_efficientnet.resume import check_autoresume, checkpoint_savers
 __all__ = ['build_trainer', 'main', 'weights_digest']
 
 
-
 def _build_dataset(entry: Entry, **context: Any) -> Any:
     accepted = inspect.signature(entry.target).parameters
     try:
