@@ -6,8 +6,8 @@ on one synthetic batch made once and already on the device, so the rows differ o
 loop, never by data loading. Rows:
 
 * ``ours``: this package's member through ``composer.Trainer`` with :class:`SampleStochasticDepth` (0.2),
-  :class:`LabelSmoothing` (0.1) and Composer's ``ChannelsLast``; its train metric (accuracy, part of the
-  Composer model) is updated and computed every step, as in any real run.
+  :class:`LabelSmoothing` (0.1) and, with channels_last, Composer's ``ChannelsLast``; its train metric
+  (accuracy, part of the Composer model) is updated and computed every step, as in any real run.
 * ``torchvision`` and ``timm`` (the peers): the same member in a plain loop with
   ``F.cross_entropy(label_smoothing=0.1)``, each with its own stochastic depth at 0.2.
 * ``ours-loop`` (diagnostic, not run by default): this package's module in the same plain loop, which
