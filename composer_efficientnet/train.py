@@ -73,7 +73,7 @@ def build_trainer(recipe: Recipe) -> Trainer:
     eval_data = None
     if recipe.val_dataset is not None:
         eval_data = _build_dataset(recipe.val_dataset, batch_size=settings['eval_batch_size'] // recipe.world_size,
-                                   **{**context, 'seed': seed})
+                                   **context)
     check_autoresume(recipe)  # a changed recipe stops here, before a model is built
     reproducibility.seed_all(seed)  # the model's initialization follows the recipe's seed, on every rank
     model = _build(recipe.model)
