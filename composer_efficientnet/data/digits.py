@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from composer.core import DataSpec
 from sklearn.datasets import load_digits
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from composer_efficientnet.data.loading import make_dataloader, make_dataspec
 
-__all__ = ['digits_tensors', 'build_digits_dataspec']
+__all__ = ['digits_tensors', 'RandomShift', 'build_digits_dataspec']
 
 
 def digits_tensors(is_train: bool, image_size: int = 32, holdout_fraction: float = 0.2,
@@ -36,12 +36,42 @@ def digits_tensors(is_train: bool, image_size: int = 32, holdout_fraction: float
     return TensorDataset(images[chosen], labels[chosen])
 
 
+class RandomShift(Dataset):
+    """Images translated by a random whole number of pixels, at most ``max_shift`` each way, zero filled.
+
+    The digits' augmentation: scans are centred but not aligned, and a flip or a crop would change the
+    digit. A new offset is drawn for every sample each time it is read.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, max_shift: int) -> None:
+        self.size = images.shape[-1]
+        self.max_shift = max_shift
+        self.padded = F.pad(images, (max_shift,) * 4)
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        top, left = torch.randint(0, 2 * self.max_shift + 1, (2,)).tolist()
+        image = self.padded[index, :, top:top + self.size, left:left + self.size]
+        return image, self.labels[index]
+
+
 def build_digits_dataspec(is_train: bool = True, image_size: int = 32, holdout_fraction: float = 0.2,
-                          split_seed: int = 0, shuffle: Optional[bool] = None, drop_last: bool = False, *,
-                          batch_size: int, seed: int = 17,
+                          split_seed: int = 0, shuffle: Optional[bool] = None, drop_last: bool = False,
+                          max_shift: int = 0, *, batch_size: int, seed: int = 17,
                           dataloader_kwargs: Optional[Dict[str, Any]] = None) -> DataSpec:
-    """A Composer DataSpec over the digits; ``shuffle`` defaults to ``is_train``."""
+    """A Composer DataSpec over the digits; ``shuffle`` defaults to ``is_train``.
+
+    ``max_shift`` (pixels at ``image_size``) randomly translates the training images; held-out images are
+    never shifted.
+    """
+    if max_shift < 0 or max_shift >= image_size:
+        raise ValueError(f'max_shift must be in [0, image_size), got {max_shift} with image_size {image_size}.')
     dataset = digits_tensors(is_train, image_size, holdout_fraction, split_seed)
+    if is_train and max_shift > 0:
+        dataset = RandomShift(*dataset.tensors, max_shift=max_shift)
     shuffle = is_train if shuffle is None else shuffle
     loader = make_dataloader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
                              dataloader_kwargs=dataloader_kwargs)
