@@ -1,5 +1,7 @@
-"""Interleaved A/B timing of the training step on a shared CPU: this package's member through ``composer.Trainer``
-and a peer's plain-loop step take turns, one step each, so both see the same background load.
+"""Interleaved A/B timing of the training step on a shared CPU: this package's member through a Trainer
+(``--trainer ours``: :class:`~composer_efficientnet.trainer.SyncFreeTrainer`, the default; ``ours-composer``:
+Composer's own ``Trainer``) and a peer's plain-loop step take turns, one step each, so both see the same
+background load.
 
 ``python -m composer_efficientnet.benchmark`` times rows one after another, which on a machine shared with other
 jobs mixes the load's changes into the ratio. Here each Trainer step is followed by one peer step run from a
@@ -7,7 +9,7 @@ Trainer callback (outside the Trainer step's timing), and the ratio is taken per
 benchmark's own (``composer_efficientnet.benchmark``).
 
 Usage (from the repository root): ``python benchmarks/cpu_ab.py --pairs 12 --batch-size 32 --resolution 224
-[--threads 1] [--peer torchvision] [--json PATH]``.
+[--threads 1] [--peer torchvision] [--trainer ours] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from typing import Dict, List, Optional
 
 import torch
-from composer import Callback, State, Trainer
+from composer import Callback, State
 from composer.algorithms import ChannelsLast
 from composer.loggers import Logger
 
@@ -50,17 +52,18 @@ class PeerTurns(Callback):
         self.peer_s.append(self._resumed - ended)
 
 
-def run_pairs(settings: bench.Settings, peer: str, pairs: int, warmup: int) -> Dict[str, object]:
+def run_pairs(settings: bench.Settings, trainer_row: str, peer: str, pairs: int, warmup: int) -> Dict[str, object]:
     """Alternate ``warmup + pairs`` Trainer and peer steps; the per-pair ratios skip the warm-up pairs."""
     turns = PeerTurns(peer, settings)
     model = composer_efficientnet(settings.model, num_classes=bench.NUM_CLASSES)
     algorithms = [SampleStochasticDepth(drop_rate=bench.DROP_RATE), LabelSmoothing(smoothing=bench.LABEL_SMOOTHING)]
     if settings.channels_last:
         algorithms.append(ChannelsLast())
-    trainer = Trainer(model=model, train_dataloader=bench.RepeatBatch(turns.batch), max_duration=f'{warmup + pairs}ba',
-                      optimizers=torch.optim.SGD(model.parameters(), **bench.SGD_ARGS), algorithms=algorithms,
-                      callbacks=[turns], device='cpu', precision='fp32', progress_bar=False, log_to_console=False,
-                      loggers=[], seed=settings.seed, device_train_microbatch_size=settings.batch_size)
+    trainer = bench.TRAINERS[trainer_row](
+        model=model, train_dataloader=bench.RepeatBatch(turns.batch), max_duration=f'{warmup + pairs}ba',
+        optimizers=torch.optim.SGD(model.parameters(), **bench.SGD_ARGS), algorithms=algorithms, callbacks=[turns],
+        device='cpu', precision='fp32', progress_bar=False, log_to_console=False, loggers=[], seed=settings.seed,
+        device_train_microbatch_size=settings.batch_size)
     trainer.fit()
     trainer.close()
     ours, theirs = turns.trainer_s[warmup:], turns.peer_s[warmup:]
@@ -75,6 +78,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--model', default='efficientnet_b0')
     parser.add_argument('--peer', choices=('torchvision', 'timm', 'ours-loop'), default='torchvision')
+    parser.add_argument('--trainer', choices=tuple(bench.TRAINERS), default='ours')
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--resolution', type=int, default=224)
     parser.add_argument('--pairs', type=int, default=12)
@@ -87,12 +91,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     settings = bench.Settings(model=args.model, device='cpu', batch_size=args.batch_size, resolution=args.resolution,
                               precision='fp32', channels_last=args.channels_last, warmup=args.warmup, steps=1,
-                              windows=args.pairs, compile=False, rows=('ours', args.peer))
+                              windows=args.pairs, compile=False, rows=(args.trainer, args.peer))
     torch.manual_seed(settings.seed)
     result = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
               'device': bench.device_name(torch.device('cpu')), 'versions': bench.versions(), 'peer': args.peer,
-              'settings': vars(args), **run_pairs(settings, args.peer, args.pairs, args.warmup)}
-    print(f"{result['device']}, batch {args.batch_size}, {args.resolution}x{args.resolution}, fp32: ours (Trainer) "
+              'settings': vars(args), **run_pairs(settings, args.trainer, args.peer, args.pairs, args.warmup)}
+    print(f"{result['device']}, batch {args.batch_size}, {args.resolution}x{args.resolution}, fp32: {args.trainer} "
           f"{result['ours_images_per_s']:.2f} images/s, {args.peer} (plain loop) {result['peer_images_per_s']:.2f}; "
           f"median per-pair ratio ours/{args.peer} {result['median_pair_ratio']:.3f} over {args.pairs} pairs")
     if args.json:

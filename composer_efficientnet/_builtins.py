@@ -60,7 +60,7 @@ BUILTINS = {
         'runtime_estimator': cc.RuntimeEstimator, 'speed_monitor': cc.SpeedMonitor,
         'system_metrics_monitor': cc.SystemMetricsMonitor, 'threshold_stopper': cc.ThresholdStopper,
         'training_curves': our_callbacks.TrainingCurves,
-        'divergence_guard': our_callbacks.DivergenceGuard,
+        'divergence_guard': our_callbacks.DivergenceGuard, 'host_reads': our_callbacks.HostReads,
     },
     'loggers': {
         'comet_ml': cl.CometMLLogger, 'console': cl.ConsoleLogger, 'file': cl.FileLogger,

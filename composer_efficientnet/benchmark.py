@@ -1,17 +1,22 @@
-"""Training-step throughput of EfficientNet: this package's model through ``composer.Trainer`` against
+"""Training-step throughput of EfficientNet: this package's model through its ``composer.Trainer`` against
 torchvision's and timm's in a plain PyTorch loop.
 
 Every row runs in this one process, on the same device, batch, resolution, precision and memory format,
 on one synthetic batch made once and already on the device, so the rows differ only by model and training
 loop, never by data loading. Rows:
 
-* ``ours``: this package's member through ``composer.Trainer`` with :class:`SampleStochasticDepth` (0.2),
-  :class:`LabelSmoothing` (0.1) and, with channels_last, Composer's ``ChannelsLast``; its train metric
-  (accuracy, part of the Composer model) is updated and computed every step, as in any real run.
+* ``ours``: this package's member through :class:`~composer_efficientnet.trainer.SyncFreeTrainer` (the
+  ``composer.Trainer`` that recipes use) with :class:`SampleStochasticDepth` (0.2), :class:`LabelSmoothing`
+  (0.1) and, with channels_last, Composer's ``ChannelsLast``; its train metric (accuracy, part of the
+  Composer model) is updated, computed and logged every step, as in any real run.
 * ``torchvision`` and ``timm`` (the peers): the same member in a plain loop with
   ``F.cross_entropy(label_smoothing=0.1)``, each with its own stochastic depth at 0.2.
 * ``ours-loop`` (diagnostic, not run by default): this package's module in the same plain loop, which
   splits the Trainer's cost from the model's.
+* ``ours-composer`` (diagnostic, not run by default): as ``ours``, through Composer's own ``Trainer``.
+
+Trainer rows also count the host reads of device values per step (``HostReads``), in a few untimed steps
+after the timed ones, eager only (the counter intercepts every torch call, which compiled code would guard on).
 
 Each row runs eager and, with ``--compile``, compiled (``compile_config={}`` for the Trainer,
 ``torch.compile(model)`` for the loops). Time is taken at step ends (CUDA events on a GPU, ``perf_counter``
@@ -56,18 +61,23 @@ from torch import nn
 import composer_efficientnet
 from composer_efficientnet.algorithms import (LabelSmoothing, SampleStochasticDepth, apply_label_smoothing,
                                               apply_sample_stochastic_depth)
+from composer_efficientnet.callbacks import HostReads
 from composer_efficientnet.composer_model import composer_efficientnet as build_composer_model
 from composer_efficientnet.efficientnet import MEMBERS, EfficientNet, canonical_name
+from composer_efficientnet.trainer import SyncFreeTrainer
 
 __all__ = ['Settings', 'Row', 'main', 'run_benchmark', 'format_table']
 
 IMPLEMENTATIONS = {
-    'ours': 'ours, composer.Trainer',
+    'ours': 'ours, SyncFreeTrainer',
     'ours-loop': 'ours, plain loop',
+    'ours-composer': 'ours, composer.Trainer',
     'torchvision': 'torchvision, plain loop',
     'timm': 'timm, plain loop',
 }
 PEERS = ('torchvision', 'timm')
+TRAINERS = {'ours': SyncFreeTrainer, 'ours-composer': Trainer}
+READ_COUNT_STEPS = 3  # untimed steps after the timed ones; the last is not counted (run ends may read)
 DEFAULT_ROWS = ('ours', 'torchvision', 'timm')
 MODES = ('eager', 'compiled')
 DROP_RATE = 0.2
@@ -75,8 +85,8 @@ LABEL_SMOOTHING = 0.1
 NUM_CLASSES = 1000
 SGD_ARGS = {'lr': 0.01, 'momentum': 0.9, 'weight_decay': 5e-5}
 SYNC_CHECK_STEPS = 3
-TRAIN_METRICS_NOTE = ('ours: the Composer model\'s train metric (MulticlassAccuracy) is updated and computed '
-                      'every step, as in any Trainer run; the plain loops compute no metric.')
+TRAIN_METRICS_NOTE = ('Trainer rows: the Composer model\'s train metric (MulticlassAccuracy) is updated, computed '
+                      'and logged every step, as in any Trainer run; the plain loops compute no metric.')
 
 #: Defaults per device type: the issue's GPU setting, and a CPU setting that runs in about a minute on 2 cores.
 DEVICE_DEFAULTS: Dict[str, Dict[str, Any]] = {
@@ -129,6 +139,7 @@ class Row:
     ratio: Optional[float] = None
     memory_ratio: Optional[float] = None
     reference: Optional[str] = None
+    host_reads_per_step: Optional[int] = None
     error: Optional[str] = None
 
     @property
@@ -243,8 +254,10 @@ def run_loop(impl: str, mode: str, settings: Settings, device: torch.device) -> 
     return timer.window_seconds()
 
 
-def run_trainer(mode: str, settings: Settings, device: torch.device) -> List[float]:
-    """Time this package's member through ``composer.Trainer``; returns seconds per window.
+def run_trainer(impl: str, mode: str, settings: Settings,
+                device: torch.device) -> Tuple[List[float], Optional[int]]:
+    """Time this package's member through a Trainer; returns seconds per window, and in eager mode the most
+    host reads of device values in one step.
 
     No evaluation, checkpointing, progress bar or logger; the microbatch is the batch.
     """
@@ -253,16 +266,21 @@ def run_trainer(mode: str, settings: Settings, device: torch.device) -> List[flo
     if settings.channels_last:
         algorithms.append(ChannelsLast())
     timer = WindowTimer(settings, device)
-    trainer = Trainer(model=model, train_dataloader=RepeatBatch(make_batch(settings, device)),
-                      max_duration=f'{settings.total_steps}ba',
-                      optimizers=torch.optim.SGD(model.parameters(), **SGD_ARGS), algorithms=algorithms,
-                      callbacks=[_StepEndCallback(timer)], device='gpu' if device.type == 'cuda' else 'cpu',
-                      precision='amp_bf16' if settings.precision == 'bf16' else 'fp32',
-                      device_train_microbatch_size=settings.batch_size, progress_bar=False, log_to_console=False,
-                      loggers=[], compile_config={} if mode == 'compiled' else None, seed=settings.seed)
+    count_reads = mode == 'eager'
+    reads = HostReads(skip=settings.total_steps)
+    trainer = TRAINERS[impl](
+        model=model, train_dataloader=RepeatBatch(make_batch(settings, device)),
+        max_duration=f'{settings.total_steps + (READ_COUNT_STEPS if count_reads else 0)}ba',
+        optimizers=torch.optim.SGD(model.parameters(), **SGD_ARGS), algorithms=algorithms,
+        callbacks=[_StepEndCallback(timer), *([reads] if count_reads else [])],
+        device='gpu' if device.type == 'cuda' else 'cpu',
+        precision='amp_bf16' if settings.precision == 'bf16' else 'fp32',
+        device_train_microbatch_size=settings.batch_size, progress_bar=False, log_to_console=False,
+        loggers=[], compile_config={} if mode == 'compiled' else None, seed=settings.seed)
     try:
         trainer.fit()
-        return timer.window_seconds()
+        most_reads = max(sum(step.values()) for step in reads.per_step) if count_reads else None
+        return timer.window_seconds(), most_reads
     finally:
         _close_trainer(trainer)
 
@@ -300,7 +318,10 @@ def run_row(impl: str, mode: str, settings: Settings, device: torch.device) -> R
     row = Row(impl, mode)
     start = time.perf_counter()
     try:
-        seconds = run_trainer(mode, settings, device) if impl == 'ours' else run_loop(impl, mode, settings, device)
+        if impl in TRAINERS:
+            seconds, row.host_reads_per_step = run_trainer(impl, mode, settings, device)
+        else:
+            seconds = run_loop(impl, mode, settings, device)
         row.window_images_per_s = [settings.batch_size * settings.steps / s for s in seconds]
         row.images_per_s = statistics.median(row.window_images_per_s)
         if device.type == 'cuda':
@@ -333,8 +354,7 @@ def check_host_sync(settings: Settings, device: torch.device) -> Dict[str, str]:
     of its train metric under ``torch.cuda.set_sync_debug_mode('error')``: any host-device sync raises.
 
     Returns ``{'model_step': status, 'train_metric_update': status}`` with ``pass``, ``fail: <error>`` or
-    ``skipped: <why>``. The Trainer's own loop synchronizes each step (``.item()`` on the loss and on
-    bookkeeping tensors); that is Composer's, not checked here.
+    ``skipped: <why>``. The Trainer's loop around them is checked by the Trainer rows' count of host reads.
     """
     if device.type != 'cuda':
         return {'model_step': 'skipped: needs CUDA', 'train_metric_update': 'skipped: needs CUDA'}
@@ -442,7 +462,7 @@ def format_table(result: Dict[str, Any]) -> str:
               f"{', channels_last' if settings['channels_last'] else ''}; torch {result['versions']['torch']}, "
               f"composer {result['versions']['composer']}")
     lines = [header, f"{'row':<26}{'mode':<10}{'images/s':>10}{'spread':>8}{'peak GiB':>10}{'x peer':>8}"
-                     f"{'mem x':>7}  vs"]
+                     f"{'mem x':>7}{'reads':>7}  vs"]
     for row in result['rows']:
         lines.append(_format_row(row))
     for impl, why in result.get('skipped', {}).items():
@@ -460,7 +480,8 @@ def _format_row(row: Dict[str, Any]) -> str:
     spread = (max(windows) - min(windows)) / row['images_per_s']
     return (f"{label:<26}{row['mode']:<10}{row['images_per_s']:>10,.1f}{spread:>8.1%}"
             f"{_number(row['peak_memory_gib'], '.2f'):>10}{_number(row['ratio'], '.3f'):>8}"
-            f"{_number(row['memory_ratio'], '.2f'):>7}  {row['reference'] or ''}")
+            f"{_number(row['memory_ratio'], '.2f'):>7}{_number(row.get('host_reads_per_step'), 'd'):>7}"
+            f"  {row['reference'] or ''}")
 
 
 def _number(value: Optional[float], spec: str) -> str:

@@ -22,6 +22,7 @@ from composer_efficientnet.callbacks import DivergenceError, SyncBuffers
 from composer_efficientnet.data import BadSampleReport
 from composer_efficientnet.recipe import Entry, Recipe, RecipeError, load_recipe, validate
 from composer_efficientnet.resume import check_autoresume, checkpoint_savers
+from composer_efficientnet.trainer import SyncFreeTrainer
 
 __all__ = ['build_trainer', 'main', 'weights_digest']
 
@@ -58,7 +59,7 @@ def _compile_config(value: Any) -> Optional[Dict[str, Any]]:
     return value or None
 
 
-def build_trainer(recipe: Recipe) -> Trainer:
+def build_trainer(recipe: Recipe) -> SyncFreeTrainer:
     """Build data, model, optimizer and everything else a validated recipe names, then the Trainer.
 
     Data is built first, so a bad data tree fails before a model is allocated or a file is written.
@@ -82,7 +83,7 @@ def build_trainer(recipe: Recipe) -> Trainer:
     accum = settings.get('grad_accum')
     microbatch = 'auto' if accum == 'auto' else (
         settings['train_batch_size'] // recipe.world_size // accum if accum else None)
-    return Trainer(
+    return SyncFreeTrainer(
         model=model, train_dataloader=train_data, eval_dataloader=eval_data, optimizers=optimizer,
         schedulers=[_build(entry) for entry in recipe.schedulers],
         algorithms=[_build(entry) for entry in recipe.algorithms],

@@ -26,10 +26,12 @@ def one_thread():
 
 def test_tiny_cpu_run_reports_every_row(tmp_path, one_thread, capsys):
     path = tmp_path / 'bench.json'
-    assert benchmark.main(TINY + ['--rows', 'ours,ours-loop,torchvision,timm', '--json', str(path)]) == 0
+    rows = 'ours,ours-composer,ours-loop,torchvision,timm'
+    assert benchmark.main(TINY + ['--rows', rows, '--json', str(path)]) == 0
     result = json.loads(path.read_text())
 
-    expected = ['ours:eager', 'ours-loop:eager', 'torchvision:eager'] + (['timm:eager'] if HAVE_TIMM else [])
+    expected = ['ours:eager', 'ours-composer:eager', 'ours-loop:eager', 'torchvision:eager'] + (
+        ['timm:eager'] if HAVE_TIMM else [])
     assert [row['name'] for row in result['rows']] == expected
     assert result['complete'] and result['skipped'] == ({} if HAVE_TIMM else {'timm': 'not installed'})
     for row in result['rows']:
@@ -43,6 +45,9 @@ def test_tiny_cpu_run_reports_every_row(tmp_path, one_thread, capsys):
         assert row['reference'] == best['name']
         assert row['ratio'] == pytest.approx(row['images_per_s'] / best['images_per_s'])
     assert best['ratio'] == pytest.approx(1.0)
+    reads = {row['impl']: row['host_reads_per_step'] for row in result['rows']}
+    assert reads['ours'] == 0 and reads['ours-composer'] >= 6  # Composer's loop reads the loss, sizes, flags
+    assert reads['ours-loop'] is None and reads['torchvision'] is None
 
     assert result['sync_check'] == {'model_step': 'skipped: needs CUDA', 'train_metric_update': 'skipped: needs CUDA'}
     settings = result['settings']

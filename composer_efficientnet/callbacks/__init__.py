@@ -2,7 +2,8 @@
 
 from composer_efficientnet.callbacks.checkpointing import AtomicCheckpointSaver
 from composer_efficientnet.callbacks.divergence import DivergenceError, DivergenceGuard
+from composer_efficientnet.callbacks.host_reads import HostReads
 from composer_efficientnet.callbacks.replicas import SyncBuffers
 from composer_efficientnet.callbacks.training_curves import TrainingCurves
 
-__all__ = ['AtomicCheckpointSaver', 'DivergenceError', 'DivergenceGuard', 'SyncBuffers', 'TrainingCurves']
+__all__ = ['AtomicCheckpointSaver', 'DivergenceError', 'DivergenceGuard', 'HostReads', 'SyncBuffers', 'TrainingCurves']

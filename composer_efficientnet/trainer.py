@@ -1,0 +1,237 @@
+"""A ``composer.Trainer`` whose training step never makes the host wait for the device."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, Optional, Sequence, Union
+
+import torch
+from composer import Trainer
+from composer.core import Event
+from composer.models import ComposerClassifier
+from composer.trainer.trainer import TrainerMode
+from composer.utils import dist, ensure_tuple
+from torch.nn.parallel import DistributedDataParallel
+
+from composer_efficientnet.callbacks.host_reads import earlier_step_read
+
+__all__ = ['SyncFreeTrainer']
+
+#: Optimizers whose ``step`` only calls a closure to return the loss: stepping them without one is the same
+#: update, and saves Composer's ``.item()`` on the closure's loss.
+CLOSURE_FREE_OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop)
+
+
+@dataclass
+class _StepValues:
+    """Device values to log for one step (loss, train metrics), copied to the host without waiting."""
+    step: int
+    tensors: Dict[str, torch.Tensor] = field(default_factory=dict)
+    has_metrics: bool = False
+    _host: Optional[torch.Tensor] = None
+    _copied: Optional[torch.cuda.Event] = None
+
+    def start_copy(self) -> None:
+        """Queue the copy to the host behind the work that produces the values."""
+        device = next((t.device for t in self.tensors.values() if t.is_cuda), torch.device('cpu'))
+        stacked = torch.stack([t.detach().float().reshape(()).to(device) for t in self.tensors.values()])
+        self._host = stacked.to('cpu', non_blocking=True)  # into pinned memory, behind the queued work
+        if stacked.is_cuda:
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+
+    def read(self) -> Dict[str, float]:
+        """The values as floats; waits for this step's copy only, never for work queued after it."""
+        if not self.tensors:
+            return {}
+        if self._host is None:
+            self.start_copy()
+        if self._copied is not None:
+            self._copied.synchronize()
+        with earlier_step_read():
+            return dict(zip(self.tensors, self._host.tolist()))
+
+
+class SyncFreeTrainer(Trainer):
+    """Composer's :class:`~composer.Trainer` without the host-device synchronizations of its training step.
+
+    Composer 0.32's loop reads device values back to the host several times per batch: the end-of-data flag,
+    the batch size, the loss inside the optimizer closure and again for logging, the sample count. Each read
+    makes the host wait for the step it has just queued, so the accelerator idles while Python does the
+    bookkeeping and launches the next step; the shorter the step (compiled, bf16), the larger that share.
+    Here values the host already knows stay on the host, standard optimizers step without a closure, and the
+    logged loss and train metrics of batch ``n`` are published (under batch ``n``'s step number, in
+    ``state.total_loss_dict`` and to the loggers) while batch ``n + 1`` runs. At the last batch of an epoch and
+    of the run they are published at once, so epoch-end callbacks, evaluators and checkpoints see complete
+    values. The train metrics are updated from the training outputs without switching the model to eval mode
+    and back, when the model is a :class:`~composer.models.ComposerClassifier` (whose ``eval_forward`` would
+    return those outputs unchanged).
+
+    Everything else is Composer's Trainer, and the weights after each step are the same. With automatic
+    microbatching or token-based accumulation, which need the reads, it is exactly Composer's loop. With
+    several processes, the end-of-data flag and the sample count are still reduced across processes (and read)
+    every step.
+
+    Example:
+        >>> from composer_efficientnet import composer_efficientnetb0
+        >>> from composer_efficientnet.trainer import SyncFreeTrainer
+        >>> trainer = SyncFreeTrainer(model=composer_efficientnetb0(num_classes=10), max_duration='2ba',
+        ...                           train_dataloader=loader)  # doctest: +SKIP
+        >>> trainer.fit()  # doctest: +SKIP
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._pending: Optional[_StepValues] = None
+        super().__init__(*args, **kwargs)
+
+    @property
+    def _sync_free(self) -> bool:
+        return not (self.state.auto_microbatching or self.accumulate_train_batch_on_tokens
+                    or self.state.device.dist_backend == 'xla')
+
+    def _single_process(self) -> bool:
+        return dist.get_world_size() == 1 and self._sync_free
+
+    # -- the reads Composer makes every step -------------------------------------------------------------------
+
+    def _iter_dataloader(self, trainer_mode: TrainerMode) -> Iterator[Any]:
+        if not self._single_process():  # processes agree on when any of them runs out of data
+            yield from super()._iter_dataloader(trainer_mode)
+            return
+        loader = self.state.dataloader
+        length = self.state.dataloader_len
+        batches = iter(loader) if length is None else itertools.islice(loader, int(length))
+        training = trainer_mode == TrainerMode.TRAIN
+        while True:
+            if training:
+                self.engine.run_event(Event.BEFORE_DATALOADER)
+            try:
+                batch = next(batches)
+            except StopIteration:
+                if training:
+                    self.engine.run_marker_only_event(Event.AFTER_DATALOADER)
+                return
+            yield batch
+
+    def _accumulate_time_across_ranks(self, num_samples: Union[int, float], num_tokens: int,
+                                      batch_time: Any) -> tuple:
+        if dist.get_world_size() == 1 and isinstance(num_samples, int):
+            return num_samples, int(num_tokens), batch_time
+        return super()._accumulate_time_across_ranks(num_samples, num_tokens, batch_time)
+
+    def _use_closures(self) -> bool:
+        if self._sync_free and all(isinstance(o, CLOSURE_FREE_OPTIMIZERS) for o in ensure_tuple(self.state.optimizers)):
+            return False
+        return super()._use_closures()
+
+    def _global_batch_size(self, microbatches: Sequence[Any]) -> Union[int, torch.Tensor]:
+        """Samples in this batch on all processes, averaged per process: on the host for one process, else on
+        the device (the loss scale then stays a device tensor)."""
+        assert self._train_data_spec is not None
+        size = sum(self._train_data_spec.get_num_samples_in_batch(b) for b in microbatches)
+        if dist.get_world_size() == 1:
+            return size
+        total = self.state.device.tensor_to_device(torch.tensor(size))
+        dist.all_reduce(total, reduce_operation='SUM')
+        return total / dist.get_world_size()
+
+    def _train_microbatches(self, microbatches: Sequence[Any], total_loss_dict: Dict[str, torch.Tensor],
+                            ddp_sync: bool = True) -> torch.Tensor:
+        if not self._sync_free:
+            return super()._train_microbatches(microbatches, total_loss_dict, ddp_sync)
+        assert self._train_data_spec is not None and self.state.scaler is not None
+        no_sync = not ddp_sync and isinstance(self.state.model, DistributedDataParallel)
+        with self.state.model.no_sync() if no_sync else contextlib.nullcontext():
+            self.engine.run_event(Event.BEFORE_TRAIN_BATCH)
+            use_grad_scaling = self._use_grad_scaling(self.state.precision, self.state.scaler)
+            for optimizer in self.state.optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            batch_size = self._global_batch_size(microbatches)
+            whole_batch = self.state.batch
+            for index, microbatch in enumerate(microbatches):
+                self.state.batch = self._train_data_spec.microbatch_transforms(
+                    self.state.device.batch_to_device(microbatch))
+                losses = self._train_microbatch(use_grad_scaling, batch_size, index + 1 == len(microbatches))
+                for name, loss in losses.items():
+                    key = f'loss/train/{name}'
+                    if key not in total_loss_dict:
+                        total_loss_dict[key] = self.state.device.tensor_to_device(torch.zeros(size=(1,)))
+                    total_loss_dict[key] += loss
+            self.state.batch = whole_batch
+            if use_grad_scaling:
+                for optimizer in ensure_tuple(self.state.optimizers):
+                    self.state.scaler.unscale_(optimizer)
+            self.engine.run_event(Event.AFTER_TRAIN_BATCH)
+            return total_loss_dict['loss/train/total']
+
+    def _eval_train_metrics(self, device_batch: Any) -> None:
+        model = self._original_model
+        if not (isinstance(model, ComposerClassifier) and type(model).eval_forward is ComposerClassifier.eval_forward):
+            return super()._eval_train_metrics(device_batch)
+        assert self.state.train_metrics is not None
+        with torch.no_grad():
+            for metric in self.state.train_metrics.values():
+                model.update_metric(device_batch, self.state.outputs, metric)
+
+    # -- logging one step late ---------------------------------------------------------------------------------
+
+    def _train_batch(self, use_grad_scaling: bool) -> Any:
+        if not self._sync_free:
+            return super()._train_batch(use_grad_scaling)
+        previous = self._pending
+        if previous is not None and previous.tensors:
+            previous.start_copy()  # behind step n-1's work, ahead of step n's
+        losses = super()._train_batch(use_grad_scaling)
+        self._publish(previous)
+        self._pending = _StepValues(int(self.state.timestamp.batch))
+        if losses is not None:
+            world_size = dist.get_world_size()
+            for name, loss in losses.items():
+                if world_size > 1:
+                    dist.all_reduce(loss, reduce_operation='SUM')
+                    loss = loss / world_size
+                self._pending.tensors[name] = loss
+        return None  # the loop logs nothing; this step's values are published during the next one
+
+    def _compute_and_log_metrics(self, dataloader_label: str, metrics: Dict[str, Any]) -> None:
+        pending = self._pending
+        if (dataloader_label != 'train' or pending is None or pending.has_metrics
+                or pending.step != int(self.state.timestamp.batch)):
+            self._flush()
+            return super()._compute_and_log_metrics(dataloader_label, metrics)
+        assert self.state.train_metrics is not None
+        for name, metric in metrics.items():
+            value = metric.compute()
+            self.state.train_metrics[name] = metric
+            self.state.train_metric_values[name] = value
+            pending.tensors[f'metrics/train/{name}'] = value
+        pending.has_metrics = True
+
+    def _run_evaluators(self, event: Event) -> None:
+        if event == Event.BATCH_END and self._ends_epoch_or_run():
+            self._flush()
+        super()._run_evaluators(event)
+
+    def _train_loop(self) -> None:
+        try:
+            super()._train_loop()
+        finally:
+            self._flush()
+
+    def _ends_epoch_or_run(self) -> bool:
+        timestamp, length = self.state.timestamp, self.state.dataloader_len
+        assert self.state.max_duration is not None
+        return (length is not None and timestamp.batch_in_epoch >= length) or timestamp >= self.state.max_duration
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, None
+        self._publish(pending)
+
+    def _publish(self, values: Optional[_StepValues]) -> None:
+        if values is None or not values.tensors:
+            return
+        host_values = values.read()
+        self.state.total_loss_dict = {k: v for k, v in host_values.items() if k.startswith('loss/')}
+        self.logger.log_metrics(host_values, step=values.step)
