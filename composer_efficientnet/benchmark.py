@@ -45,7 +45,7 @@ import statistics
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import composer
@@ -254,8 +254,8 @@ def run_loop(impl: str, mode: str, settings: Settings, device: torch.device) -> 
     return timer.window_seconds()
 
 
-def run_trainer(impl: str, mode: str, settings: Settings,
-                device: torch.device) -> Tuple[List[float], Optional[int]]:
+def run_trainer(impl: str, mode: str, settings: Settings, device: torch.device,
+                callbacks: Sequence[Callback] = ()) -> Tuple[List[float], Optional[int]]:
     """Time this package's member through a Trainer; returns seconds per window, and in eager mode the most
     host reads of device values in one step.
 
@@ -272,7 +272,7 @@ def run_trainer(impl: str, mode: str, settings: Settings,
         model=model, train_dataloader=RepeatBatch(make_batch(settings, device)),
         max_duration=f'{settings.total_steps + (READ_COUNT_STEPS if count_reads else 0)}ba',
         optimizers=torch.optim.SGD(model.parameters(), **SGD_ARGS), algorithms=algorithms,
-        callbacks=[_StepEndCallback(timer), *([reads] if count_reads else [])],
+        callbacks=[_StepEndCallback(timer), *([reads] if count_reads else []), *callbacks],
         device='gpu' if device.type == 'cuda' else 'cpu',
         precision='amp_bf16' if settings.precision == 'bf16' else 'fp32',
         device_train_microbatch_size=settings.batch_size, progress_bar=False, log_to_console=False,
@@ -349,15 +349,28 @@ def add_ratios(rows: Sequence[Row]) -> None:
                 row.memory_ratio = row.peak_memory_gib / best.peak_memory_gib
 
 
-def check_host_sync(settings: Settings, device: torch.device) -> Dict[str, str]:
-    """Run steps of this package's Composer model (forward, label-smoothed loss, backward, SGD) and the update
-    of its train metric under ``torch.cuda.set_sync_debug_mode('error')``: any host-device sync raises.
+class _SyncErrorSteps(Callback):
+    """Makes any host-device sync an error from the start of step ``first`` to the start of step ``last``:
+    whole Trainer steps, bookkeeping included, after the warm-up and before the run's end."""
 
-    Returns ``{'model_step': status, 'train_metric_update': status}`` with ``pass``, ``fail: <error>`` or
-    ``skipped: <why>``. The Trainer's loop around them is checked by the Trainer rows' count of host reads.
+    def __init__(self, first: int, last: int) -> None:
+        self.first, self.last = first, last
+
+    def batch_start(self, state: State, logger: Logger) -> None:
+        torch.cuda.set_sync_debug_mode('error' if self.first <= int(state.timestamp.batch) < self.last else 0)
+
+
+def check_host_sync(settings: Settings, device: torch.device) -> Dict[str, str]:
+    """Run steps of this package's Composer model (forward, label-smoothed loss, backward, SGD), the update of
+    its train metric, and whole :class:`SyncFreeTrainer` steps, under ``torch.cuda.set_sync_debug_mode('error')``:
+    any host-device sync raises.
+
+    Returns ``{'model_step': status, 'train_metric_update': status, 'trainer_loop': status}`` with ``pass``,
+    ``fail: <error>`` or ``skipped: <why>``.
     """
+    checks = ('model_step', 'train_metric_update', 'trainer_loop')
     if device.type != 'cuda':
-        return {'model_step': 'skipped: needs CUDA', 'train_metric_update': 'skipped: needs CUDA'}
+        return dict.fromkeys(checks, 'skipped: needs CUDA')
     free_memory(device)
     model = build_composer_model(settings.model, num_classes=NUM_CLASSES)
     model = model.to(device, memory_format=settings.memory_format).train()
@@ -383,6 +396,11 @@ def check_host_sync(settings: Settings, device: torch.device) -> Dict[str, str]:
               'train_metric_update': _without_sync(lambda: model.update_metric(batch, outputs, metric))}
     del model, optimizer, metric, batch, outputs
     free_memory(device)
+    steps = SYNC_CHECK_STEPS
+    loop_settings = replace(settings, warmup=steps, steps=steps, windows=1)
+    result['trainer_loop'] = _without_sync(
+        lambda: run_trainer('ours', 'eager', loop_settings, device, [_SyncErrorSteps(steps, 2 * steps)]), arm=False)
+    free_memory(device)
     return result
 
 
@@ -395,10 +413,11 @@ def _checked_host_sync(settings: Settings, device: torch.device) -> Dict[str, st
         return {'model_step': f'error: {type(error).__name__}: {error}'}
 
 
-def _without_sync(fn: Any) -> str:
+def _without_sync(fn: Any, arm: bool = True) -> str:
     """``'pass'`` if ``fn`` runs with no host-device sync, else ``'fail: '`` and the error with its innermost
-    frame."""
-    torch.cuda.set_sync_debug_mode('error')
+    frame. With ``arm=False``, ``fn`` turns the check on itself."""
+    if arm:
+        torch.cuda.set_sync_debug_mode('error')
     try:
         fn()
         return 'pass'

@@ -49,7 +49,8 @@ def test_tiny_cpu_run_reports_every_row(tmp_path, one_thread, capsys):
     assert reads['ours'] == 0 and reads['ours-composer'] >= 6  # Composer's loop reads the loss, sizes, flags
     assert reads['ours-loop'] is None and reads['torchvision'] is None
 
-    assert result['sync_check'] == {'model_step': 'skipped: needs CUDA', 'train_metric_update': 'skipped: needs CUDA'}
+    assert result['sync_check'] == dict.fromkeys(['model_step', 'train_metric_update', 'trainer_loop'],
+                                                 'skipped: needs CUDA')
     settings = result['settings']
     assert (settings['batch_size'], settings['resolution'], settings['precision']) == (2, 32, 'fp32')
     assert settings['modes'] == ['eager'] and settings['label_smoothing'] == 0.1 and settings['drop_rate'] == 0.2
@@ -113,3 +114,13 @@ def test_defaults_follow_the_device():
     assert (cpu.model, cpu.batch_size, cpu.resolution, cpu.precision, cpu.modes) == (
         'efficientnet_b4', 8, 128, 'fp32', ('eager',))
     assert cpu.rows == ('ours', 'torchvision', 'timm')
+
+
+def test_trainer_loop_check_arms_whole_steps_after_warmup(monkeypatch, one_thread):
+    """On CUDA the check runs these steps with sync errors on; here the switch itself is checked."""
+    modes = []
+    monkeypatch.setattr(torch.cuda, 'set_sync_debug_mode', modes.append)
+    settings = _settings(resolution=32, batch_size=2, warmup=2, steps=2, windows=1)
+    benchmark.run_trainer('ours', 'eager', settings, torch.device('cpu'), [benchmark._SyncErrorSteps(2, 4)])
+    assert modes == [0, 0, 'error', 'error'] + [0] * benchmark.READ_COUNT_STEPS
+
