@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
-from composer.utils import dist, format_name_with_dist, parse_uri
+from composer.core import Timestamp
+from composer.utils import dist, ensure_folder_has_no_conflicting_files, format_name_with_dist, parse_uri
 
 from composer_efficientnet.callbacks.checkpointing import (CHECKPOINT_FILENAME, LATEST_FILENAME,
                                                            AtomicCheckpointSaver, newest_complete_checkpoint,
@@ -22,7 +23,8 @@ from composer_efficientnet.callbacks.checkpointing import (CHECKPOINT_FILENAME, 
 from composer_efficientnet.efficientnet import canonical_name
 from composer_efficientnet.recipe import Entry, Recipe, RecipeError
 
-__all__ = ['ResumeMismatchError', 'checkpoint_savers', 'check_autoresume', 'run_identity', 'stored_identity']
+__all__ = ['ResumeMismatchError', 'checkpoint_savers', 'check_autoresume', 'check_no_earlier_run', 'run_identity',
+           'stored_identity']
 
 
 class ResumeMismatchError(RecipeError):
@@ -117,3 +119,25 @@ def check_autoresume(recipe: Recipe) -> Optional[str]:
     if dist.get_global_rank() == 0:
         point_latest_at(checkpoint)
     return checkpoint
+
+
+def check_no_earlier_run(recipe: Recipe) -> None:
+    """For a new run (no autoresume, no ``load_path``, no ``save_overwrite``) into a local ``save_folder``: stop
+    before anything is built if the folder holds checkpoints the run would collide with, which Composer would
+    report only once training starts, with a traceback."""
+    settings = recipe.settings
+    folder = settings.get('save_folder')
+    if (not folder or settings.get('autoresume') or settings.get('save_overwrite') or settings.get('load_path')
+            or parse_uri(folder)[0]
+            or ('{run_name}' in folder and not settings.get('run_name'))):
+        return
+    folder = format_name_with_dist(folder, settings.get('run_name') or '')
+    if not Path(folder).is_dir():
+        return
+    try:
+        ensure_folder_has_no_conflicting_files(folder, CHECKPOINT_FILENAME, Timestamp())
+    except FileExistsError:
+        found = sorted(path.name for path in Path(folder).glob('ep*-ba*-rank*.pt'))
+        raise RecipeError('save_folder', f"'{folder}' holds checkpoints of an earlier run ({', '.join(found[:3])}"
+                          f"{', ...' if len(found) > 3 else ''}); set autoresume: true and a run_name to continue "
+                          'it, save_overwrite: true to write over it, or choose another save_folder') from None

@@ -21,7 +21,7 @@ from composer.utils import dist, reproducibility
 from composer_efficientnet.callbacks import DivergenceError, SyncBuffers
 from composer_efficientnet.data import BadSampleReport
 from composer_efficientnet.recipe import Entry, Recipe, RecipeError, load_recipe, validate
-from composer_efficientnet.resume import check_autoresume, checkpoint_savers
+from composer_efficientnet.resume import check_autoresume, check_no_earlier_run, checkpoint_savers
 from composer_efficientnet.trainer import SyncFreeTrainer
 
 __all__ = ['build_trainer', 'main', 'weights_digest']
@@ -76,6 +76,7 @@ def build_trainer(recipe: Recipe) -> SyncFreeTrainer:
         eval_data = _build_dataset(recipe.val_dataset, batch_size=settings['eval_batch_size'] // recipe.world_size,
                                    **context)
     check_autoresume(recipe)  # a changed recipe stops here, before a model is built
+    check_no_earlier_run(recipe)
     reproducibility.seed_all(seed)  # the model's initialization follows the recipe's seed, on every rank
     model = _build(recipe.model)
     optimizer = _build(recipe.optimizer, model.parameters())

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
 from composer import Trainer
@@ -61,7 +62,8 @@ class SyncFreeTrainer(Trainer):
     the batch size, the loss inside the optimizer closure and again for logging, the sample count. Each read
     makes the host wait for the step it has just queued, so the accelerator idles while Python does the
     bookkeeping and launches the next step; the shorter the step (compiled, bf16), the larger that share.
-    Here values the host already knows stay on the host, standard optimizers step without a closure, and the
+    Here values the host already knows stay on the host (with several processes they are reduced across
+    processes on the host, through a gloo process group), standard optimizers step without a closure, and the
     logged loss and train metrics of batch ``n`` are published (under batch ``n``'s step number, in
     ``state.total_loss_dict`` and to the loggers) while batch ``n + 1`` runs. At the last batch of an epoch and
     of the run they are published at once, so epoch-end callbacks, evaluators and checkpoints see complete
@@ -70,9 +72,9 @@ class SyncFreeTrainer(Trainer):
     return those outputs unchanged).
 
     Everything else is Composer's Trainer, and the weights after each step are the same. With automatic
-    microbatching or token-based accumulation, which need the reads, it is exactly Composer's loop. With
-    several processes, the end-of-data flag and the sample count are still reduced across processes (and read)
-    every step.
+    microbatching or token-based accumulation, which need the reads, it is exactly Composer's loop. fp16
+    mixed precision keeps the read of its gradient scaler. With several processes it creates one gloo process
+    group beside Composer's (on clusters where gloo needs it, set ``GLOO_SOCKET_IFNAME`` as for any gloo job).
 
     Example:
         >>> from composer_efficientnet import composer_efficientnetb0
@@ -84,20 +86,29 @@ class SyncFreeTrainer(Trainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._pending: Optional[_StepValues] = None
+        self._host_group: Optional[Any] = None
         super().__init__(*args, **kwargs)
+        if dist.get_world_size() > 1:  # every process builds its Trainer, so every process joins
+            timeout = datetime.timedelta(seconds=kwargs.get('dist_timeout', 300.0))
+            self._host_group = torch.distributed.new_group(backend='gloo', timeout=timeout)
 
     @property
     def _sync_free(self) -> bool:
         return not (self.state.auto_microbatching or self.accumulate_train_batch_on_tokens
                     or self.state.device.dist_backend == 'xla')
 
-    def _single_process(self) -> bool:
-        return dist.get_world_size() == 1 and self._sync_free
+    def _host_reduce(self, values: List[float], op: Any = torch.distributed.ReduceOp.SUM) -> List[float]:
+        """Reduce host numbers across processes, on the host: no device work to wait for."""
+        if self._host_group is None:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64)
+        torch.distributed.all_reduce(tensor, op=op, group=self._host_group)
+        return tensor.tolist()
 
     # -- the reads Composer makes every step -------------------------------------------------------------------
 
     def _iter_dataloader(self, trainer_mode: TrainerMode) -> Iterator[Any]:
-        if not self._single_process():  # processes agree on when any of them runs out of data
+        if not self._sync_free:
             yield from super()._iter_dataloader(trainer_mode)
             return
         loader = self.state.dataloader
@@ -108,34 +119,36 @@ class SyncFreeTrainer(Trainer):
             if training:
                 self.engine.run_event(Event.BEFORE_DATALOADER)
             try:
-                batch = next(batches)
+                batch, finished = next(batches), 0.0
             except StopIteration:
                 if training:
                     self.engine.run_marker_only_event(Event.AFTER_DATALOADER)
+                finished = 1.0
+            if self._host_reduce([finished], torch.distributed.ReduceOp.MAX)[0]:  # all stop when any runs out
                 return
             yield batch
 
     def _accumulate_time_across_ranks(self, num_samples: Union[int, float], num_tokens: int,
-                                      batch_time: Any) -> tuple:
-        if dist.get_world_size() == 1 and isinstance(num_samples, int):
-            return num_samples, int(num_tokens), batch_time
-        return super()._accumulate_time_across_ranks(num_samples, num_tokens, batch_time)
+                                      batch_time: datetime.timedelta) -> tuple:
+        if not self._sync_free or not isinstance(num_samples, int):
+            return super()._accumulate_time_across_ranks(num_samples, num_tokens, batch_time)
+        samples, tokens = self._host_reduce([num_samples, num_tokens])
+        if self._host_group is not None:  # the batch time is rank 0's
+            seconds = torch.tensor([batch_time.total_seconds()], dtype=torch.float64)
+            torch.distributed.broadcast(seconds, src=0, group=self._host_group)
+            batch_time = datetime.timedelta(seconds=seconds.item())
+        return int(samples), int(tokens), batch_time
 
     def _use_closures(self) -> bool:
         if self._sync_free and all(isinstance(o, CLOSURE_FREE_OPTIMIZERS) for o in ensure_tuple(self.state.optimizers)):
             return False
         return super()._use_closures()
 
-    def _global_batch_size(self, microbatches: Sequence[Any]) -> Union[int, torch.Tensor]:
-        """Samples in this batch on all processes, averaged per process: on the host for one process, else on
-        the device (the loss scale then stays a device tensor)."""
+    def _global_batch_size(self, microbatches: Sequence[Any]) -> float:
+        """Samples in this batch on all processes, averaged per process, as Composer scales the loss by."""
         assert self._train_data_spec is not None
         size = sum(self._train_data_spec.get_num_samples_in_batch(b) for b in microbatches)
-        if dist.get_world_size() == 1:
-            return size
-        total = self.state.device.tensor_to_device(torch.tensor(size))
-        dist.all_reduce(total, reduce_operation='SUM')
-        return total / dist.get_world_size()
+        return self._host_reduce([size])[0] / dist.get_world_size()
 
     def _train_microbatches(self, microbatches: Sequence[Any], total_loss_dict: Dict[str, torch.Tensor],
                             ddp_sync: bool = True) -> torch.Tensor:

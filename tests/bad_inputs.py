@@ -106,6 +106,12 @@ def cli(name: str, setup: Setup, message: str, usage: bool = True) -> BadInput:
     return BadInput('cli', name, setup, message, usage=usage)
 
 
+def _earlier_run(tmp: Path) -> List[str]:
+    (tmp / 'checkpoints').mkdir()
+    (tmp / 'checkpoints' / 'ep1-ba23-rank0.pt').write_bytes(b'a checkpoint of another run')
+    return ['train', write_recipe(tmp, RUN)]
+
+
 def _converted_source(tmp: Path) -> List[str]:
     make_tree(tmp / 'src', per_class=1)
     (tmp / 'out' / 'train').mkdir(parents=True)
@@ -140,6 +146,9 @@ TABLE: List[BadInput] = [
     recipe('bad eval_interval', with_run(eval_interval='soon'), r"eval_interval: must be a Composer time .* 'soon'"),
     recipe('negative scale_schedule_ratio', with_run(scale_schedule_ratio=-1),
            r'scale_schedule_ratio: must be a positive number, got -1'),
+    BadInput('recipe', 'save_folder holding an earlier run', _earlier_run,
+             r"save_folder: 'checkpoints' holds checkpoints of an earlier run \(ep1-ba23-rank0.pt\); set autoresume: "
+             r'true and a run_name to continue it, save_overwrite: true to write over it, or choose another save_folder'),
     # Overrides on the command line.
     override('override without =', ['max_duration'], r"max_duration: an override is written key=value"),
     override('override of an unknown parameter', ['optimizers.sgd.lrr=0.1'],
