@@ -214,12 +214,15 @@ class SyncFreeTrainer(Trainer):
                 or pending.step != int(self.state.timestamp.batch)):
             self._flush()
             return super()._compute_and_log_metrics(dataloader_label, metrics)
+        values = {name: metric.compute() for name, metric in metrics.items()}
+        if not all(torch.is_tensor(value) and value.numel() == 1 for value in values.values()):
+            self._flush()  # a metric that is not one number is logged as Composer logs it, at once
+            return super()._compute_and_log_metrics(dataloader_label, metrics)
         assert self.state.train_metrics is not None
         for name, metric in metrics.items():
-            value = metric.compute()
             self.state.train_metrics[name] = metric
-            self.state.train_metric_values[name] = value
-            pending.tensors[f'metrics/train/{name}'] = value
+            self.state.train_metric_values[name] = values[name]
+            pending.tensors[f'metrics/train/{name}'] = values[name]
         pending.has_metrics = True
 
     def _run_evaluators(self, event: Event) -> None:

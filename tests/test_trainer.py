@@ -7,6 +7,7 @@ import torch
 from composer import Trainer
 from composer.algorithms import SAM
 from composer.loggers import LoggerDestination
+from torchmetrics.classification import MulticlassAccuracy
 
 from composer_efficientnet import registry
 from composer_efficientnet.algorithms import LabelSmoothing, SampleStochasticDepth
@@ -26,14 +27,17 @@ class StepLog(LoggerDestination):
     def log_metrics(self, metrics: Dict[str, Any], step: Any = None) -> None:
         for name, value in metrics.items():
             if name.startswith(('loss/train', 'metrics/train')):
-                self.values.setdefault(name, {})[step] = value.item() if torch.is_tensor(value) else value
+                self.values.setdefault(name, {})[step] = value.tolist() if torch.is_tensor(value) else value
 
 
-def fit(trainer_class: type, microbatch: int = 4, algorithms: Any = (), epochs: int = 2) -> Dict[str, Any]:
+def fit(trainer_class: type, microbatch: int = 4, algorithms: Any = (), epochs: int = 2,
+        train_metric: Any = None) -> Dict[str, Any]:
     generator = torch.Generator().manual_seed(1)
     batches = [(torch.randn(4, 3, 32, 32, generator=generator), torch.randint(0, 10, (4,), generator=generator))
                for _ in range(BATCHES_PER_EPOCH)]
     model = seeded_model(3)
+    if train_metric is not None:
+        model.train_metrics = train_metric
     log, reads = StepLog(), HostReads(skip=1)
     trainer = trainer_class(model=model, train_dataloader=batches, device_train_microbatch_size=microbatch,
                             max_duration=f'{epochs}ep', optimizers=torch.optim.SGD(model.parameters(), lr=0.02,
@@ -88,6 +92,13 @@ def test_optimizer_that_needs_a_closure_matches_composer():
     """SAM steps twice through its closure, so the Trainer keeps Composer's closure for it."""
     ours = fit(SyncFreeTrainer, algorithms=[SAM(rho=0.05)], epochs=1)
     assert_same_training(ours, fit(Trainer, algorithms=[SAM(rho=0.05)], epochs=1))
+
+
+def test_metric_of_several_numbers_is_logged_as_composer_logs_it():
+    ours = fit(SyncFreeTrainer, epochs=1, train_metric=MulticlassAccuracy(num_classes=10, average=None))
+    composer = fit(Trainer, epochs=1, train_metric=MulticlassAccuracy(num_classes=10, average=None))
+    assert_same_training(ours, composer)
+    assert all(len(per_class) == 10 for per_class in ours['log']['metrics/train/MulticlassAccuracy'].values())
 
 
 def test_host_reads_is_registered():
