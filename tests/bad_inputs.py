@@ -147,8 +147,9 @@ TABLE: List[BadInput] = [
     recipe('negative scale_schedule_ratio', with_run(scale_schedule_ratio=-1),
            r'scale_schedule_ratio: must be a positive number, got -1'),
     BadInput('recipe', 'save_folder holding an earlier run', _earlier_run,
-             r"save_folder: 'checkpoints' holds checkpoints of an earlier run \(ep1-ba23-rank0.pt\); set autoresume: "
-             r'true and a run_name to continue it, save_overwrite: true to write over it, or choose another save_folder'),
+             r"save_folder: 'checkpoints' holds checkpoints of an earlier run \(ep1-ba23-rank0.pt\); set "
+             r'autoresume: true and a run_name to continue it, save_overwrite: true to write over it, or choose '
+             r'another save_folder'),
     # Overrides on the command line.
     override('override without =', ['max_duration'], r"max_duration: an override is written key=value"),
     override('override of an unknown parameter', ['optimizers.sgd.lrr=0.1'],

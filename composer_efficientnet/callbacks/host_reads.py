@@ -53,12 +53,12 @@ class HostReads(Callback):
     callbacks, logging and the next batch's fetch.
 
     On a GPU every such read makes the host wait for the work queued so far, so a step with none can run ahead
-    of the device. Only reads of tensors on the Trainer's device count; on a CPU that is every tensor, so a
-    data pipeline that runs in the training process (no workers) counts too. Reads marked with :func:`earlier_step_read` (a previous step's values, copied to the host
-    behind that step's work) are not counted. The count works on any device, so a CPU run shows what a GPU run would wait on. Steps
-    ``skip`` (warm-up) and the last (epoch and run ends may read on purpose) are not counted. The counts are
-    kept in :attr:`per_step` (one ``Counter`` of method names per counted step) and logged as
-    ``host_reads/step``.
+    of the device. The count works on any device, so a CPU run shows what a GPU run would wait on. Only reads
+    of tensors on the Trainer's device count; on a CPU that is every tensor, so a data pipeline that runs in the
+    training process (no workers) counts too. Reads marked with :func:`earlier_step_read` (a previous step's
+    values, copied to the host behind that step's work) are not counted. Steps before ``skip`` (warm-up) and
+    the last (epoch and run ends may read on purpose) are not counted. The counts are kept in
+    :attr:`per_step` (one ``Counter`` of method names per counted step) and logged as ``host_reads/step``.
 
     Args:
         skip: first steps not counted.
