@@ -6,6 +6,7 @@ import pytest
 import torch
 from composer import Trainer
 from composer.algorithms import SAM
+from composer.core import Evaluator
 from composer.loggers import LoggerDestination
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -26,12 +27,12 @@ class StepLog(LoggerDestination):
 
     def log_metrics(self, metrics: Dict[str, Any], step: Any = None) -> None:
         for name, value in metrics.items():
-            if name.startswith(('loss/train', 'metrics/train')):
+            if name.startswith(('loss/train', 'metrics/')):
                 self.values.setdefault(name, {})[step] = value.tolist() if torch.is_tensor(value) else value
 
 
 def fit(trainer_class: type, microbatch: int = 4, algorithms: Any = (), epochs: int = 2,
-        train_metric: Any = None) -> Dict[str, Any]:
+        train_metric: Any = None, **trainer_kwargs: Any) -> Dict[str, Any]:
     generator = torch.Generator().manual_seed(1)
     batches = [(torch.randn(4, 3, 32, 32, generator=generator), torch.randint(0, 10, (4,), generator=generator))
                for _ in range(BATCHES_PER_EPOCH)]
@@ -43,7 +44,8 @@ def fit(trainer_class: type, microbatch: int = 4, algorithms: Any = (), epochs: 
                             max_duration=f'{epochs}ep', optimizers=torch.optim.SGD(model.parameters(), lr=0.02,
                                                                                    momentum=0.9),
                             algorithms=[SampleStochasticDepth(0.2), LabelSmoothing(0.1), *algorithms],
-                            callbacks=[reads], loggers=[log], device='cpu', seed=5, progress_bar=False)
+                            callbacks=[reads], loggers=[log], device='cpu', seed=5, progress_bar=False,
+                            **trainer_kwargs)
     trainer.fit()
     return {'weights': {k: v.clone() for k, v in model.state_dict().items()}, 'log': log.values,
             'reads': reads.per_step, 'total_loss_dict': dict(trainer.state.total_loss_dict)}
@@ -92,6 +94,17 @@ def test_optimizer_that_needs_a_closure_matches_composer():
     """SAM steps twice through its closure, so the Trainer keeps Composer's closure for it."""
     ours = fit(SyncFreeTrainer, algorithms=[SAM(rho=0.05)], epochs=1)
     assert_same_training(ours, fit(Trainer, algorithms=[SAM(rho=0.05)], epochs=1))
+
+
+def test_evaluation_mid_epoch_logs_as_composer():
+    generator = torch.Generator().manual_seed(2)
+    held_out = [(torch.randn(4, 3, 32, 32, generator=generator), torch.randint(0, 10, (4,), generator=generator))]
+    ours = fit(SyncFreeTrainer, eval_dataloader=Evaluator(label='eval', dataloader=held_out,
+                                                          device_eval_microbatch_size=4), eval_interval='2ba')
+    composer = fit(Trainer, eval_dataloader=Evaluator(label='eval', dataloader=held_out,
+                                                      device_eval_microbatch_size=4), eval_interval='2ba')
+    assert_same_training(ours, composer)
+    assert sorted(ours['log']['metrics/eval/MulticlassAccuracy']) == [2, 4, 6, 8, 10]
 
 
 def test_metric_of_several_numbers_is_logged_as_composer_logs_it():
