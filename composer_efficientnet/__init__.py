@@ -3,7 +3,9 @@
 from composer_efficientnet.composer_model import EfficientNetClassifier, composer_efficientnet, composer_efficientnetb0
 from composer_efficientnet.efficientnet import EfficientNet
 from composer_efficientnet import algorithms  # noqa: F401  (lets Composer's StochasticDepth target our blocks)
+from composer_efficientnet.trainer import SyncFreeTrainer
 
 __version__ = '0.1.0'
 
-__all__ = ['EfficientNet', 'EfficientNetClassifier', 'composer_efficientnet', 'composer_efficientnetb0', '__version__']
+__all__ = ['EfficientNet', 'EfficientNetClassifier', 'SyncFreeTrainer', 'composer_efficientnet', 'composer_efficientnetb0',
+           '__version__']

@@ -50,7 +50,7 @@ _SCALARS: Dict[str, Tuple[type, ...]] = {
     'run_name': (str,), 'deterministic_mode': (bool,), 'compile': (dict, bool), 'device': (dict, str),
     'dataloader': (dict,), 'train_subset_num_batches': (int,), 'eval_subset_num_batches': (int,),
     'dist_timeout': (int, float), 'progress_bar': (bool,), 'log_to_console': (bool,),
-    'console_log_interval': (str, int), 'python_log_level': (str,),
+    'console_log_interval': (str, int), 'python_log_level': (str,), 'sync_free': (bool,),
 }
 _SINGLE = {'model': registry.models, 'train_dataset': registry.datasets, 'val_dataset': registry.datasets,
            'optimizers': registry.optimizers}

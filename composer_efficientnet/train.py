@@ -59,8 +59,9 @@ def _compile_config(value: Any) -> Optional[Dict[str, Any]]:
     return value or None
 
 
-def build_trainer(recipe: Recipe) -> SyncFreeTrainer:
-    """Build data, model, optimizer and everything else a validated recipe names, then the Trainer.
+def build_trainer(recipe: Recipe) -> Trainer:
+    """Build data, model, optimizer and everything else a validated recipe names, then the Trainer:
+    :class:`SyncFreeTrainer`, or Composer's own with ``sync_free: false``.
 
     Data is built first, so a bad data tree fails before a model is allocated or a file is written.
     """
@@ -84,7 +85,8 @@ def build_trainer(recipe: Recipe) -> SyncFreeTrainer:
     accum = settings.get('grad_accum')
     microbatch = 'auto' if accum == 'auto' else (
         settings['train_batch_size'] // recipe.world_size // accum if accum else None)
-    return SyncFreeTrainer(
+    trainer_class = SyncFreeTrainer if settings.get('sync_free', True) else Trainer
+    return trainer_class(
         model=model, train_dataloader=train_data, eval_dataloader=eval_data, optimizers=optimizer,
         schedulers=[_build(entry) for entry in recipe.schedulers],
         algorithms=[_build(entry) for entry in recipe.algorithms],

@@ -144,6 +144,7 @@ TABLE: List[BadInput] = [
            r'train_dataset.digits: num_workers option should be non-negative'),
     recipe('bad max_duration', with_run(max_duration='forever'), r"max_duration: must be a Composer time .* 'forever'"),
     recipe('bad eval_interval', with_run(eval_interval='soon'), r"eval_interval: must be a Composer time .* 'soon'"),
+    recipe('sync_free not a boolean', with_run(sync_free='yes'), r"sync_free: must be bool, got 'yes'"),
     recipe('negative scale_schedule_ratio', with_run(scale_schedule_ratio=-1),
            r'scale_schedule_ratio: must be a positive number, got -1'),
     BadInput('recipe', 'save_folder holding an earlier run', _earlier_run,

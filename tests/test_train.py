@@ -65,3 +65,16 @@ def test_synthetic_benchmark_recipe_runs_on_cpu(capsys):
                        'train_batch_size=4', 'train_dataset.synthetic.image_size=32', 'model.efficientnet_b0.num_classes=10',
                        'train_dataset.synthetic.num_classes=10', 'loggers=[]', 'progress_bar=false'])
     assert code == 0
+
+
+@pytest.mark.parametrize('sync_free, expected', [(None, 'SyncFreeTrainer'), (True, 'SyncFreeTrainer'),
+                                                 (False, 'Trainer')])
+def test_recipe_chooses_the_trainer(sync_free, expected):
+    overrides = [*QUICK, 'save_folder=null', 'val_dataset=null'] + (
+        [] if sync_free is None else [f'sync_free={str(sync_free).lower()}'])
+    trainer = train.build_trainer(validate(load_recipe(os.path.join(RECIPES, 'quickstart.yaml'), overrides)))
+    try:
+        assert type(trainer).__name__ == expected
+    finally:
+        trainer.close()
+
