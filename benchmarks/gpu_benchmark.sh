@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# GPU check of issue 7, about 5-6 minutes on one H100: the EfficientNet-B0 training-step benchmark (ours through
+# GPU check of issue 7, about 6-7 minutes on one H100: the EfficientNet-B0 training-step benchmark (ours through
 # SyncFreeTrainer, torchvision and timm in a plain loop; eager and compiled; plus the host-sync check), then,
 # while time is left, B4 at 380x380 batch 64 eager (ours vs timm) and a B0 diagnostic, eager: our model through
-# Composer's own Trainer and in the plain loop, against torchvision. Every run writes JSON and a log under $OUT; the tables of all runs come last.
+# Composer's own Trainer and in the plain loop, against torchvision; then ours and timm eager with
+# cudnn.benchmark off (the default turns it on for every row). Every run writes JSON and a log under $OUT; the
+# tables of all runs come last.
 #
 # Run from the repository root on the GPU machine after the wheel install line of
 # ../shared/offline-gpu/README.md, which puts the project and Composer on PYTHONPATH.
 # Environment: OUT (results folder; default a new temporary one), BUDGET_S (seconds for the whole script,
-# default 400), BENCH_ARGS (options appended to every run; e.g. a tiny CPU check of this script:
+# default 450), BENCH_ARGS (options appended to every run; e.g. a tiny CPU check of this script:
 #   OUT=/tmp/check BENCH_ARGS='--device cpu --batch-size 2 --resolution 32 --warmup 1 --steps 1 --windows 1
 #   --no-compile' bash benchmarks/gpu_benchmark.sh).
 set -uo pipefail
 
 OUT=${OUT:-$(mktemp -d)}
-BUDGET_S=${BUDGET_S:-400}
+BUDGET_S=${BUDGET_S:-450}
 read -r -a EXTRA <<< "${BENCH_ARGS:-}"
 mkdir -p "$OUT"
 
@@ -48,9 +50,11 @@ optional b4 70 --model efficientnet_b4 --resolution 380 --batch-size 64 --rows o
   --no-sync-check
 optional b0-diagnostic 60 --model efficientnet_b0 --rows ours-composer,ours-loop,torchvision --no-compile \
   --no-sync-check
+optional b0-no-cudnn-benchmark 45 --model efficientnet_b0 --rows ours,timm --no-compile --no-sync-check \
+  --no-cudnn-benchmark
 
 reports=()
-for name in b0 b4 b0-diagnostic; do
+for name in b0 b4 b0-diagnostic b0-no-cudnn-benchmark; do
   [[ -s "$OUT/$name.json" ]] && reports+=("$OUT/$name.json")
 done
 echo

@@ -91,9 +91,9 @@ TRAIN_METRICS_NOTE = ('Trainer rows: the Composer model\'s train metric (Multicl
 #: Defaults per device type: the issue's GPU setting, and a CPU setting that runs in about a minute on 2 cores.
 DEVICE_DEFAULTS: Dict[str, Dict[str, Any]] = {
     'cuda': {'batch_size': 256, 'resolution': None, 'precision': 'bf16', 'channels_last': True, 'warmup': 20,
-             'steps': 20, 'windows': 3, 'compile': True},
+             'steps': 20, 'windows': 3, 'compile': True, 'cudnn_benchmark': True},
     'cpu': {'batch_size': 8, 'resolution': 128, 'precision': 'fp32', 'channels_last': False, 'warmup': 2,
-            'steps': 4, 'windows': 3, 'compile': False},
+            'steps': 4, 'windows': 3, 'compile': False, 'cudnn_benchmark': False},
 }
 
 
@@ -112,6 +112,7 @@ class Settings:
     compile: bool
     rows: Tuple[str, ...]
     seed: int = 17
+    cudnn_benchmark: bool = False
 
     @property
     def total_steps(self) -> int:
@@ -463,7 +464,6 @@ def report(settings: Settings, device: torch.device, rows: Sequence[Row], skippe
         'settings': {**asdict(settings), 'rows': list(settings.rows), 'modes': list(settings.modes),
                      'optimizer': {'name': 'SGD', **SGD_ARGS}, 'label_smoothing': LABEL_SMOOTHING,
                      'drop_rate': DROP_RATE, 'num_classes': NUM_CLASSES,
-                     'cudnn_benchmark': torch.backends.cudnn.benchmark,
                      'tf32': torch.backends.cuda.matmul.allow_tf32 if device.type == 'cuda' else None,
                      'train_metrics': TRAIN_METRICS_NOTE},
         'rows': [{'name': row.name, 'description': IMPLEMENTATIONS[row.impl], **asdict(row)} for row in rows],
@@ -478,7 +478,9 @@ def format_table(result: Dict[str, Any]) -> str:
     settings = result['settings']
     header = (f"{settings['model']} training step on {result['device']} ({result['date']}): batch "
               f"{settings['batch_size']}, {settings['resolution']}x{settings['resolution']}, {settings['precision']}"
-              f"{', channels_last' if settings['channels_last'] else ''}; torch {result['versions']['torch']}, "
+              f"{', channels_last' if settings['channels_last'] else ''}"
+              f"{', cudnn.benchmark' if settings.get('cudnn_benchmark') else ''}; "
+              f"torch {result['versions']['torch']}, "
               f"composer {result['versions']['composer']}")
     lines = [header, f"{'row':<26}{'mode':<10}{'images/s':>10}{'spread':>8}{'peak GiB':>10}{'x peer':>8}"
                      f"{'mem x':>7}{'reads':>7}  vs"]
@@ -520,6 +522,8 @@ def run_benchmark(settings: Settings, json_path: Optional[str] = None, sync_chec
     file is rewritten after each row, so an interrupted run keeps what it measured."""
     device = torch.device(settings.device)
     match_trainer_math(device)
+    if device.type == 'cuda':  # every row alike: our recipes and torchvision's and timm's scripts turn it on
+        torch.backends.cudnn.benchmark = settings.cudnn_benchmark
     skipped = {} if 'timm' not in settings.rows or importlib.util.find_spec('timm') else {'timm': 'not installed'}
     rows: List[Row] = []
     for mode in settings.modes:
@@ -568,6 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--windows', type=_positive_int, help='timing windows; images/s is their median')
     parser.add_argument('--compile', action=argparse.BooleanOptionalAction,
                         help='also run every row compiled (default: on a GPU only)')
+    parser.add_argument('--cudnn-benchmark', action=argparse.BooleanOptionalAction,
+                        help='let cuDNN time convolution algorithms, for every row (default: on a GPU)')
     parser.add_argument('--rows', type=_row_list, default=DEFAULT_ROWS,
                         help=f"comma-separated, from {', '.join(IMPLEMENTATIONS)} (default: {','.join(DEFAULT_ROWS)})")
     parser.add_argument('--sync-check', action=argparse.BooleanOptionalAction, default=True,

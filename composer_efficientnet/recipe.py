@@ -51,6 +51,7 @@ _SCALARS: Dict[str, Tuple[type, ...]] = {
     'dataloader': (dict,), 'train_subset_num_batches': (int,), 'eval_subset_num_batches': (int,),
     'dist_timeout': (int, float), 'progress_bar': (bool,), 'log_to_console': (bool,),
     'console_log_interval': (str, int), 'python_log_level': (str,), 'sync_free': (bool,),
+    'cudnn_benchmark': (bool,),
 }
 _SINGLE = {'model': registry.models, 'train_dataset': registry.datasets, 'val_dataset': registry.datasets,
            'optimizers': registry.optimizers}
@@ -143,6 +144,9 @@ def validate(config: Dict[str, Any], world_size: int = 1) -> Recipe:
     _check_dataloader(recipe.settings.get('dataloader', {}))
     recipe.precision = _precision(recipe.settings.get('precision'))
     _check_device(recipe.settings.get('device'))
+    if recipe.settings.get('cudnn_benchmark') and recipe.settings.get('deterministic_mode'):
+        raise RecipeError('cudnn_benchmark', 'true picks convolution algorithms by timing them, which '
+                          'deterministic_mode: true forbids; set one of them to false')
     return recipe
 
 

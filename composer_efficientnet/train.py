@@ -53,6 +53,13 @@ def _device_and_precision(recipe: Recipe) -> tuple:
     return device, precision
 
 
+def _configure_cudnn(settings: Dict[str, Any], device: str) -> None:
+    """On a GPU, let cuDNN time the convolution algorithms for the run's fixed shapes and keep the fastest, as
+    torchvision's and timm's training scripts do, unless the recipe asks for determinism or says no."""
+    if device == 'gpu':
+        torch.backends.cudnn.benchmark = settings.get('cudnn_benchmark', not settings.get('deterministic_mode'))
+
+
 def _compile_config(value: Any) -> Optional[Dict[str, Any]]:
     if value is True:
         return {}
@@ -68,6 +75,7 @@ def build_trainer(recipe: Recipe) -> Trainer:
     settings = recipe.settings
     seed = settings.get('seed', 17)
     device, precision = _device_and_precision(recipe)
+    _configure_cudnn(settings, device)
     context = {'seed': seed, 'dataloader_kwargs': settings.get('dataloader', {}),
                'model_resolution': recipe.model_resolution}
     train_data = _build_dataset(recipe.train_dataset, batch_size=settings['train_batch_size'] // recipe.world_size,

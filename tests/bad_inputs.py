@@ -144,6 +144,9 @@ TABLE: List[BadInput] = [
            r'train_dataset.digits: num_workers option should be non-negative'),
     recipe('bad max_duration', with_run(max_duration='forever'), r"max_duration: must be a Composer time .* 'forever'"),
     recipe('bad eval_interval', with_run(eval_interval='soon'), r"eval_interval: must be a Composer time .* 'soon'"),
+    recipe('cudnn_benchmark with deterministic_mode', with_run(cudnn_benchmark=True, deterministic_mode=True),
+           r'cudnn_benchmark: true picks convolution algorithms by timing them, which deterministic_mode: true '
+           r'forbids; set one of them to false'),
     recipe('sync_free not a boolean', with_run(sync_free='yes'), r"sync_free: must be bool, got 'yes'"),
     recipe('negative scale_schedule_ratio', with_run(scale_schedule_ratio=-1),
            r'scale_schedule_ratio: must be a positive number, got -1'),

@@ -113,7 +113,8 @@ def test_defaults_follow_the_device():
     cpu = benchmark.settings_from_args(parser.parse_args(['--device', 'cpu', '--model', 'efficientnet-b4']), parser)
     assert (cpu.model, cpu.batch_size, cpu.resolution, cpu.precision, cpu.modes) == (
         'efficientnet_b4', 8, 128, 'fp32', ('eager',))
-    assert cpu.rows == ('ours', 'torchvision', 'timm')
+    assert cpu.rows == ('ours', 'torchvision', 'timm') and not cpu.cudnn_benchmark
+    assert benchmark.DEVICE_DEFAULTS['cuda']['cudnn_benchmark'] is True  # as our recipes run on a GPU
 
 
 def test_trainer_loop_check_arms_whole_steps_after_warmup(monkeypatch, one_thread):

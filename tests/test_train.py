@@ -5,6 +5,7 @@ import os
 import re
 
 import pytest
+import torch
 import yaml
 
 from composer_efficientnet import train
@@ -77,4 +78,13 @@ def test_recipe_chooses_the_trainer(sync_free, expected):
         assert type(trainer).__name__ == expected
     finally:
         trainer.close()
+
+
+@pytest.mark.parametrize('settings, device, expected', [
+    ({}, 'gpu', True), ({'deterministic_mode': True}, 'gpu', False), ({'cudnn_benchmark': False}, 'gpu', False),
+    ({}, 'cpu', False)])
+def test_cudnn_benchmark_on_a_gpu_unless_deterministic(monkeypatch, settings, device, expected):
+    monkeypatch.setattr(torch.backends.cudnn, 'benchmark', False)
+    train._configure_cudnn(settings, device)
+    assert torch.backends.cudnn.benchmark is expected
 
