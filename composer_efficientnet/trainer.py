@@ -233,8 +233,10 @@ class SyncFreeTrainer(Trainer):
     def _train_loop(self) -> None:
         try:
             super()._train_loop()
-        finally:
-            self._flush()
+        except BaseException:
+            self._pending = None  # reading a failed step's values could raise again and hide why it failed
+            raise
+        self._flush()
 
     def _ends_epoch_or_run(self) -> bool:
         timestamp, length = self.state.timestamp, self.state.dataloader_len
