@@ -18,8 +18,8 @@ from composer.core import Timestamp
 from composer.utils import dist, ensure_folder_has_no_conflicting_files, format_name_with_dist, parse_uri
 
 from composer_efficientnet.callbacks.checkpointing import (CHECKPOINT_FILENAME, LATEST_FILENAME,
-                                                           AtomicCheckpointSaver, newest_complete_checkpoint,
-                                                           point_latest_at)
+                                                           AtomicCheckpointSaver, checkpoint_pattern,
+                                                           newest_complete_checkpoint, point_latest_at)
 from composer_efficientnet.efficientnet import canonical_name
 from composer_efficientnet.recipe import Entry, Recipe, RecipeError
 
@@ -137,7 +137,8 @@ def check_no_earlier_run(recipe: Recipe) -> None:
     try:
         ensure_folder_has_no_conflicting_files(folder, CHECKPOINT_FILENAME, Timestamp())
     except FileExistsError:
-        found = sorted(path.name for path in Path(folder).glob('ep*-ba*-rank*.pt'))
+        pattern = checkpoint_pattern(CHECKPOINT_FILENAME, dist.get_global_rank())
+        found = sorted(path.name for path in Path(folder).iterdir() if pattern.match(path.name))
         raise RecipeError('save_folder', f"'{folder}' holds checkpoints of an earlier run ({', '.join(found[:3])}"
                           f"{', ...' if len(found) > 3 else ''}); set autoresume: true and a run_name to continue "
                           'it, save_overwrite: true to write over it, or choose another save_folder') from None

@@ -28,8 +28,8 @@ from composer.utils import checkpoint as composer_checkpoint
 from composer.utils import dist, format_name_with_dist, partial_format
 
 __all__ = ['AtomicCheckpointSaver', 'CHECKPOINT_FILENAME', 'LATEST_FILENAME', 'PARTIAL_PREFIX',
-           'is_complete_checkpoint', 'latest_checkpoint', 'newest_complete_checkpoint', 'point_latest_at',
-           'replace_symlink']
+           'checkpoint_pattern', 'is_complete_checkpoint', 'latest_checkpoint', 'newest_complete_checkpoint',
+           'point_latest_at', 'replace_symlink']
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,8 @@ def is_complete_checkpoint(path: str) -> bool:
     return zipfile.is_zipfile(path) if path.endswith('.pt') else True
 
 
-def _checkpoint_pattern(filename: str, rank: int) -> re.Pattern:
+def checkpoint_pattern(filename: str, rank: int) -> re.Pattern:
+    """A regular expression for the names ``filename`` gives the checkpoints of ``rank``."""
     pattern = re.escape(partial_format(filename, rank=rank))
     for unit in ('epoch', 'batch', 'sample', 'token', 'batch_in_epoch', 'sample_in_epoch', 'token_in_epoch'):
         pattern = pattern.replace(re.escape(f'{{{unit}}}'), r'\d+')
@@ -120,7 +121,7 @@ def newest_complete_checkpoint(folder: str, filename: str = CHECKPOINT_FILENAME)
     """
     if not os.path.isdir(folder):
         return None
-    pattern = _checkpoint_pattern(filename, rank=0)
+    pattern = checkpoint_pattern(filename, rank=0)
     complete = [path for path in glob.glob(os.path.join(folder, '*'))
                 if pattern.match(os.path.basename(path)) and is_complete_checkpoint(path)]
     return max(complete, key=lambda path: os.stat(path).st_mtime_ns) if complete else None
