@@ -1,5 +1,9 @@
 """Shared helpers: a tiny Composer fit on the embedded digits; one intra-op thread per test process."""
 
+import os
+import shutil
+import socket
+import tempfile
 from typing import Any, List, Optional
 
 import pytest
@@ -8,6 +12,19 @@ from composer import Trainer
 
 from composer_efficientnet import composer_efficientnet
 from composer_efficientnet.data import build_digits_dataspec
+
+
+def pytest_report_header(config: pytest.Config) -> List[str]:
+    """What a failure on another machine needs first: its cores, load, memory, disk and how its name resolves."""
+    tmp = tempfile.gettempdir()
+    free_gib = shutil.disk_usage(tmp).free / 2**30
+    pages = os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30
+    try:
+        address = socket.gethostbyname(socket.gethostname())
+    except OSError as error:
+        address = f'unresolved ({error})'
+    return [f'machine: {len(os.sched_getaffinity(0))} cores, load {os.getloadavg()[0]:.1f}, {pages:.1f} GiB free '
+            f'memory, {free_gib:.1f} GiB free in {tmp}, {socket.gethostname()} -> {address}']
 
 
 @pytest.fixture(autouse=True)

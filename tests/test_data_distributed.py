@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,7 +27,8 @@ def _epoch_indices(loader, epoch):
 
 def _rank_main(rank: int, port: int, out_dir: str, datadir: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
-                      LOCAL_WORLD_SIZE=str(WORLD_SIZE), NODE_RANK='0', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+                      LOCAL_WORLD_SIZE=str(WORLD_SIZE), NODE_RANK='0', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port),
+                      GLOO_SOCKET_IFNAME='lo')
     from composer.devices import DeviceCPU
     from composer.utils import dist
 
@@ -71,7 +73,15 @@ def _rank_main(rank: int, port: int, out_dir: str, datadir: str) -> None:
 def ranks(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('dist')
     datadir = make_tree(tmp / 'imagenet', per_class=4, splits=('train',))  # 12 images
-    mp.spawn(_rank_main, args=(free_port(), str(tmp), str(datadir)), nprocs=WORLD_SIZE, join=True)
+    context = mp.start_processes(_rank_main, args=(free_port(), str(tmp), str(datadir)), nprocs=WORLD_SIZE,
+                                 join=False)
+    try:
+        deadline = time.monotonic() + 300
+        while not context.join(timeout=5):  # raises with the rank's traceback if one fails
+            assert time.monotonic() < deadline, 'the ranks did not finish within 300 s'
+    finally:
+        for process in context.processes:
+            process.kill()
     return [json.loads((tmp / f'rank{r}.json').read_text()) for r in range(WORLD_SIZE)]
 
 

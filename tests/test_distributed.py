@@ -20,7 +20,8 @@ DIST_TIMEOUT = 20
 OVERRIDES = ['max_duration=4ba', 'save_interval=2ba', 'autoresume=true', 'run_name=dist', 'deterministic_mode=true',
              f'dist_timeout={DIST_TIMEOUT}', 'save_num_checkpoints_to_keep=-1', 'progress_bar=false',
              'train_dataset.digits.image_size=8', 'val_dataset.digits.image_size=8', 'eval_subset_num_batches=1']
-ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
+# Loopback for gloo, whatever the machine's name resolves to.
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'GLOO_SOCKET_IFNAME': 'lo'}
 
 
 def _digests(text: str) -> dict:
@@ -31,6 +32,24 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         return sock.getsockname()[1]
+
+
+def _stop(processes: list) -> None:
+    """End every process still running, with whatever it started: none outlives its test."""
+    for process in processes:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+
+
+@pytest.fixture
+def started():
+    """The processes a test starts, stopped when it ends, passed or not."""
+    processes = []
+    yield processes
+    _stop(processes)
 
 
 def _start_ranks(tmp: Path, attempt: str) -> list:
@@ -44,7 +63,8 @@ def _start_ranks(tmp: Path, attempt: str) -> list:
         err = open(tmp / f'{attempt}-rank{rank}.err', 'w')
         processes.append(subprocess.Popen(
             [sys.executable, '-m', 'composer_efficientnet.train', QUICKSTART, *OVERRIDES,
-             f'save_folder={tmp / "checkpoints"}'], cwd=tmp, env=env, stdout=out, stderr=err))
+             f'save_folder={tmp / "checkpoints"}'], cwd=tmp, env=env, stdout=out, stderr=err,
+            start_new_session=True))
     return processes
 
 
@@ -53,12 +73,16 @@ def launched(tmp_path_factory):
     """``composer -n 2`` on the quickstart recipe, uninterrupted: the final weights of each rank."""
     tmp = tmp_path_factory.mktemp('launched')
     launcher = str(Path(sys.executable).parent / 'composer')
-    result = subprocess.run([launcher, '-n', '2', '--stdout', str(tmp / 'rank{rank}.out'), '--stderr',
-                             str(tmp / 'rank{rank}.err'), '-m', 'composer_efficientnet.train', QUICKSTART, *OVERRIDES,
-                             f'save_folder={tmp / "checkpoints"}'], cwd=tmp, env=ENV, capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return {**_digests(result.stdout), **_digests((tmp / 'rank1.out').read_text())}
+    launch = subprocess.Popen([launcher, '-n', '2', '--stdout', str(tmp / 'rank{rank}.out'), '--stderr',
+                               str(tmp / 'rank{rank}.err'), '-m', 'composer_efficientnet.train', QUICKSTART,
+                               *OVERRIDES, f'save_folder={tmp / "checkpoints"}'], cwd=tmp, env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = launch.communicate(timeout=600)
+    finally:
+        _stop([launch])
+    assert launch.returncode == 0, output
+    return {**_digests(output), **_digests((tmp / 'rank1.out').read_text())}
 
 
 @pytest.mark.slow
@@ -67,8 +91,9 @@ def test_launcher_run_ends_with_identical_weights_on_both_ranks(launched):
 
 
 @pytest.mark.slow
-def test_killed_rank_stops_the_other_and_the_rerun_resumes_both(tmp_path, launched):
-    rank0, rank1 = _start_ranks(tmp_path, 'first')
+def test_killed_rank_stops_the_other_and_the_rerun_resumes_both(tmp_path, launched, started):
+    started += _start_ranks(tmp_path, 'first')
+    rank0, rank1 = started
     latest = tmp_path / 'checkpoints' / 'latest-rank0.pt'
     deadline = time.monotonic() + 300
     while not latest.exists():
@@ -85,6 +110,7 @@ def test_killed_rank_stops_the_other_and_the_rerun_resumes_both(tmp_path, launch
     step = int(re.search(r'ep0-ba(\d+)-rank0\.pt', os.readlink(latest))[1])
 
     rerun = _start_ranks(tmp_path, 'rerun')
+    started += rerun
     for rank, process in enumerate(rerun):
         assert process.wait(timeout=600) == 0, (tmp_path / f'rerun-rank{rank}.err').read_text()
     outputs = [(tmp_path / f'rerun-rank{rank}.out').read_text() for rank in range(2)]
