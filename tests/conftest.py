@@ -1,6 +1,7 @@
 """Shared helpers: a tiny Composer fit on the embedded digits; one intra-op thread per test process."""
 
 import os
+import platform
 import shutil
 import socket
 import tempfile
@@ -23,8 +24,9 @@ def pytest_report_header(config: pytest.Config) -> List[str]:
         address = socket.gethostbyname(socket.gethostname())
     except OSError as error:
         address = f'unresolved ({error})'
-    return [f'machine: {len(os.sched_getaffinity(0))} cores, load {os.getloadavg()[0]:.1f}, {pages:.1f} GiB free '
-            f'memory, {free_gib:.1f} GiB free in {tmp}, {socket.gethostname()} -> {address}']
+    return [f'machine: {platform.machine()}, torch {torch.__version__}, {len(os.sched_getaffinity(0))} cores, '
+            f'load {os.getloadavg()[0]:.1f}, {pages:.1f} GiB free memory, {free_gib:.1f} GiB free in {tmp}, '
+            f'{socket.gethostname()} -> {address}']
 
 
 @pytest.fixture(autouse=True)
