@@ -19,13 +19,13 @@ def pytest_report_header(config: pytest.Config) -> List[str]:
     """What a failure on another machine needs first: its cores, load, memory, disk and how its name resolves."""
     tmp = tempfile.gettempdir()
     free_gib = shutil.disk_usage(tmp).free / 2**30
-    pages = os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30
+    free_memory_gib = os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30
     try:
         address = socket.gethostbyname(socket.gethostname())
     except OSError as error:
         address = f'unresolved ({error})'
     return [f'machine: {platform.machine()}, torch {torch.__version__}, {len(os.sched_getaffinity(0))} cores, '
-            f'load {os.getloadavg()[0]:.1f}, {pages:.1f} GiB free memory, {free_gib:.1f} GiB free in {tmp}, '
+            f'load {os.getloadavg()[0]:.1f}, {free_memory_gib:.1f} GiB free memory, {free_gib:.1f} GiB free in {tmp}, '
             f'{socket.gethostname()} -> {address}']
 
 
