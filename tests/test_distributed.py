@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -82,7 +83,8 @@ def launched(tmp_path_factory):
     finally:
         _stop([launch])
     assert launch.returncode == 0, output
-    return {**_digests(output), **_digests((tmp / 'rank1.out').read_text())}
+    yield {**_digests(output), **_digests((tmp / 'rank1.out').read_text())}
+    shutil.rmtree(tmp)  # its checkpoints are not needed past this module
 
 
 @pytest.mark.slow

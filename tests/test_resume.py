@@ -14,6 +14,7 @@ import io
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -146,7 +147,8 @@ def uninterrupted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('uninterrupted')
     result = _run(tmp, 'reference')
     assert result.returncode == 0, result.stderr
-    return _records(tmp, 'reference'), tmp / 'reference' / f'ep3-ba{3 * STEPS_PER_EPOCH}-rank0.pt'
+    yield _records(tmp, 'reference'), tmp / 'reference' / f'ep3-ba{3 * STEPS_PER_EPOCH}-rank0.pt'
+    shutil.rmtree(tmp)  # its checkpoints are not needed past this module
 
 
 @pytest.mark.slow
