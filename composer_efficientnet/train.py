@@ -18,7 +18,7 @@ from composer import Trainer
 from composer.loggers import ConsoleLogger, ProgressBarLogger
 from composer.utils import dist, reproducibility
 
-from composer_efficientnet.callbacks import DivergenceError, SyncBuffers
+from composer_efficientnet.callbacks import CheckpointWriteError, DivergenceError, SyncBuffers
 from composer_efficientnet.data import BadSampleReport
 from composer_efficientnet.recipe import Entry, Recipe, RecipeError, load_recipe, validate
 from composer_efficientnet.resume import check_autoresume, check_no_earlier_run, checkpoint_savers
@@ -170,7 +170,8 @@ def _lost_process(error: RuntimeError) -> bool:
 
 
 def _fit(trainer: Trainer, debug: bool) -> int:
-    """Fit and report; a divergence (status 3) or a lost process (status 1) ends with one line on stderr."""
+    """Fit and report; a divergence (status 3), a checkpoint that cannot be written (status 4) or a lost process
+    (status 1) ends with one line on stderr."""
     if trainer.state.load_path is not None:
         print(f'{_rank_prefix()}resumed from {trainer.state.load_path} at step {int(trainer.state.timestamp.batch)}',
               flush=True)
@@ -180,6 +181,12 @@ def _fit(trainer: Trainer, debug: bool) -> int:
         print(f'composer-efficientnet: {error}', file=sys.stderr)
         trainer.close()
         return 3
+    except CheckpointWriteError as error:
+        if debug:
+            raise
+        print(f'composer-efficientnet: {_rank_prefix()}{error}; make room there, then rerun (with autoresume: true it '
+              'continues from the last checkpoint)', file=sys.stderr)
+        return 4
     except RuntimeError as error:
         if debug or not _lost_process(error):
             raise

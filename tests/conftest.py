@@ -54,5 +54,13 @@ def digits_trainer(algorithms: Optional[List[Any]] = None, model: Optional[torch
                    progress_bar=False, log_to_console=False, **trainer_kwargs)
 
 
+def tiny_trainer(max_duration: str, **kwargs: Any) -> Trainer:
+    """Like ``digits_trainer``, on 8x8 digits in batches of 8: the same code paths, a fraction of the compute."""
+    model = seeded_model()
+    return Trainer(model=model, train_dataloader=build_digits_dataspec(batch_size=8, image_size=8),
+                   max_duration=max_duration, seed=17, device='cpu', progress_bar=False,
+                   optimizers=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), **kwargs)
+
+
 def weights_of(trainer: Trainer) -> dict:
     return {k: v.detach().clone() for k, v in trainer.state.model.state_dict().items()}

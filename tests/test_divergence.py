@@ -8,17 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from composer import Trainer
 from composer.core import Callback
 
 from composer_efficientnet import registry, train
 from composer_efficientnet.callbacks import AtomicCheckpointSaver, DivergenceError, DivergenceGuard
-from composer_efficientnet.data import build_digits_dataspec
-from tests.conftest import seeded_model
+from tests.conftest import tiny_trainer
 
 RECIPES = os.path.join(os.path.dirname(__file__), '..', 'recipes')
-
-
 
 
 class PoisonAt(Callback):
@@ -34,14 +30,6 @@ class PoisonAt(Callback):
     def batch_end(self, state, logger):
         if self.weights and int(state.timestamp.batch) == self.step:
             next(state.model.buffers()).fill_(float('inf'))  # a BatchNorm running mean: the loss stays finite
-
-
-def tiny_trainer(max_duration: str, **kwargs) -> Trainer:
-    """Like ``digits_trainer``, on 8x8 digits in batches of 8: the same code paths, a fraction of the compute."""
-    model = seeded_model()
-    return Trainer(model=model, train_dataloader=build_digits_dataspec(batch_size=8, image_size=8),
-                   max_duration=max_duration, seed=17, device='cpu', progress_bar=False,
-                   optimizers=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), **kwargs)
 
 
 def fit(tmp_path, poison, check_interval=None, save_interval='4ba'):

@@ -18,6 +18,7 @@ import glob
 import logging
 import os
 import re
+import shutil
 import zipfile
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
@@ -27,7 +28,7 @@ from composer.loggers import Logger
 from composer.utils import checkpoint as composer_checkpoint
 from composer.utils import dist, format_name_with_dist, partial_format
 
-__all__ = ['AtomicCheckpointSaver', 'CHECKPOINT_FILENAME', 'LATEST_FILENAME', 'PARTIAL_PREFIX',
+__all__ = ['AtomicCheckpointSaver', 'CHECKPOINT_FILENAME', 'CheckpointWriteError', 'LATEST_FILENAME', 'PARTIAL_PREFIX',
            'checkpoint_pattern', 'is_complete_checkpoint', 'latest_checkpoint', 'newest_complete_checkpoint',
            'point_latest_at', 'replace_symlink']
 
@@ -40,6 +41,25 @@ LATEST_FILENAME = 'latest-rank{rank}.pt'
 PARTIAL_PREFIX = '.partial-'
 
 Gate = Callable[[State], None]
+
+
+class CheckpointWriteError(Exception):
+    """A checkpoint could not be written (a full disk, a lost mount); the message names it and what is intact."""
+
+
+def _os_error_in(error: BaseException) -> Optional[OSError]:
+    """The OSError behind ``error``, if any: ``torch.save`` reports a failed write as a RuntimeError."""
+    while error is not None and not isinstance(error, OSError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def _free_space(folder: str) -> str:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return 'free space unknown'
+    return f'{free / 2**30:.1f} GiB free' if free >= 2**30 else f'{free / 2**20:.0f} MiB free'
 
 
 def _fsync_directory(path: str) -> None:
@@ -193,6 +213,11 @@ class AtomicCheckpointSaver(CheckpointSaver):
         try:
             with _atomic_checkpoint_files():
                 super()._save_checkpoint(state, logger)
+        except (OSError, RuntimeError) as error:
+            reason = _os_error_in(error)
+            if reason is None:
+                raise
+            raise CheckpointWriteError(self._write_failure(state, reason)) from error
         finally:
             self.latest_filename, self.num_checkpoints_to_keep = latest, keep
         if len(self.saved_checkpoints) == written:  # this process wrote no file
@@ -205,3 +230,11 @@ class AtomicCheckpointSaver(CheckpointSaver):
             replace_symlink(target, link)
         if keep >= 0:
             self._rotate_checkpoints(sharding_enabled=state.fsdp_sharded_state_dict_enabled)
+
+    def _write_failure(self, state: State, reason: OSError) -> str:
+        path = self.filename.format(state)
+        folder = os.path.dirname(path) or '.'
+        last = newest_complete_checkpoint(folder, os.path.basename(self.filename.filename))
+        kept = f'the last complete checkpoint, {last}, is intact' if last else 'no checkpoint had been written'
+        return (f'could not write checkpoint {os.path.basename(path)} in {folder}: {reason.strerror or reason} '
+                f'({_free_space(folder)}); {kept}; nothing partial was left')
