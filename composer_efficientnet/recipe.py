@@ -113,8 +113,9 @@ def load_recipe(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) ->
         if not sep or not key:
             raise RecipeError(override, "an override is written key=value, e.g. 'max_duration=2ep' or "
                               "'optimizers.rmsprop.lr=0.1'")
-        try:
-            OmegaConf.update(config, key, yaml.safe_load(raw) if raw else None, merge=True, force_add=True)
+        try:  # a one-entry section given whole replaces the recipe's: merged, it would hold two entries
+            OmegaConf.update(config, key, yaml.safe_load(raw) if raw else None, merge=key not in _SINGLE,
+                             force_add=True)
         except (yaml.YAMLError, OmegaConfBaseException) as error:
             raise RecipeError(key, f'cannot apply override {override!r}: {str(error).splitlines()[0]}') from None
     return OmegaConf.to_container(config, resolve=True)
@@ -161,8 +162,10 @@ def _entries(config: Dict[str, Any], key: str, reg: registry.Registry, single: b
     else:
         raise RecipeError(key, 'must be a mapping {name: {params}} or a list of such single-key mappings')
     if single and len(items) != 1:
-        raise RecipeError(key, f'selects exactly one {reg.kind[:-1]}, got {len(items)}: '
-                          f'{", ".join(str(name) for name, _ in items)}')
+        names = [str(name) for name, _ in items]
+        swap = f"; to swap one for another in an override, give the whole section: {key}='{{{names[-1]}: {{...}}}}'"
+        raise RecipeError(key, f'selects exactly one {reg.kind[:-1]}, got {len(items)}: {", ".join(names)}'
+                          + (swap if len(items) > 1 else ''))
     return [_entry(f'{key}.{name}', reg, str(name), params) for name, params in items]
 
 

@@ -52,7 +52,8 @@ MISTAKES = [
     ('missing datadir', with_changes(train_dataset={'imagenet': {'datadir': '/no/such/dir', 'is_train': True}}),
      r"train_dataset.imagenet.datadir: directory '/no/such/dir' does not exist"),
     ('two optimizers', with_changes(optimizers={'sgd': {'lr': 0.1}, 'adamw': {'lr': 0.1}}),
-     r'optimizers: selects exactly one optimizer'),
+     r"optimizers: selects exactly one optimizer, got 2: adamw, sgd; to swap one for another in an override, give "
+     r"the whole section: optimizers='\{sgd: \{\.\.\.\}\}'$"),  # the recipe file's keys are sorted
     ('section shape', with_changes(algorithms='label_smoothing'), r'algorithms: must be a mapping'),
     ('unknown precision', with_changes(precision='fp64'), r"precision: unknown precision 'fp64'"),
     ('unknown device', with_changes(device='tpu'), r'device: must be one of gpu, cpu, mps'),
@@ -67,8 +68,8 @@ MISTAKES = [
 
 
 @pytest.mark.parametrize('label,recipe,message', MISTAKES, ids=[m[0] for m in MISTAKES])
-def test_mistake_is_one_line_and_exit_2(tmp_path, capsys, label, recipe, message):
-    os.chdir(tmp_path)
+def test_mistake_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, label, recipe, message):
+    monkeypatch.chdir(tmp_path)
     assert train.main([write(tmp_path, recipe)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith('composer-efficientnet: recipe error: ')
@@ -107,6 +108,17 @@ def test_overrides(tmp_path):
     assert config['max_duration'] == '2ep' and config['optimizers']['sgd']['lr'] == 0.5
     assert config['schedulers'][0]['cosine_decay_with_warmup']['t_warmup'] == '3ba'
     assert validate(config).precision == 'amp_bf16'
+
+
+def test_a_one_entry_section_given_whole_replaces_the_recipes(tmp_path):
+    config = load_recipe(write(tmp_path, BASE), ["optimizers={adamw: {lr: 0.001}}",
+                                                 "model={efficientnet_b1: {num_classes: 10}}",
+                                                 "train_dataset.digits.image_size=16"])
+    assert config['optimizers'] == {'adamw': {'lr': 0.001}}
+    assert config['model'] == {'efficientnet_b1': {'num_classes': 10}}
+    assert config['train_dataset'] == {'digits': {'is_train': True, 'image_size': 16}}  # dotted keys still merge
+    recipe = validate(config)
+    assert (recipe.optimizer.name, recipe.model.name) == ('adamw', 'efficientnet_b1')
 
 
 @pytest.mark.parametrize('legacy,modern', [('AMP', 'amp_fp16'), ('FP32', 'fp32'), ('BF16', 'amp_bf16')])
