@@ -171,7 +171,8 @@ class AtomicCheckpointSaver(CheckpointSaver):
     Monolithic checkpoints (the default; not FSDP-sharded ones) are written to a hidden ``.partial-*`` file,
     synced and renamed; the ``latest`` link is replaced by a rename after the checkpoint is complete; old
     checkpoints are deleted only after that. Leftover ``.partial-*`` files of a killed run are removed when the
-    next fit starts.
+    next fit starts. A checkpoint that cannot be written (a full disk, a lost mount) raises
+    :class:`CheckpointWriteError`, whose message names it, the reason, the free space and the last complete one.
 
     Args:
         metadata: JSON-like data stored in every checkpoint (under this callback's state), such as what the
