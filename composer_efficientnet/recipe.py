@@ -163,9 +163,9 @@ def _entries(config: Dict[str, Any], key: str, reg: registry.Registry, single: b
         raise RecipeError(key, 'must be a mapping {name: {params}} or a list of such single-key mappings')
     if single and len(items) != 1:
         names = [str(name) for name, _ in items]
-        swap = f"; to swap one for another in an override, give the whole section: {key}='{{{names[-1]}: {{...}}}}'"
-        raise RecipeError(key, f'selects exactly one {reg.kind[:-1]}, got {len(items)}: {", ".join(names)}'
-                          + (swap if len(items) > 1 else ''))
+        swap = (f"; to swap one for another in an override, give the whole section: {key}='{{{names[-1]}: {{...}}}}'"
+                if len(items) > 1 else '')
+        raise RecipeError(key, f'selects exactly one {reg.kind[:-1]}, got {len(items)}: {", ".join(names)}{swap}')
     return [_entry(f'{key}.{name}', reg, str(name), params) for name, params in items]
 
 

@@ -5,6 +5,7 @@ import errno
 import itertools
 import os
 import re
+from typing import Optional
 
 import pytest
 import torch
@@ -33,7 +34,7 @@ class FullDisk:
         self.file.flush()
 
 
-def disk_full_after(monkeypatch, writes: int, error: Exception = None) -> None:
+def disk_full_after(monkeypatch, writes: int, error: Optional[Exception] = None) -> None:
     """Checkpoint files after the first ``writes`` fail part way through (or raise ``error`` instead)."""
     write = composer_checkpoint._write_checkpoint_file
     count = itertools.count()

@@ -7,13 +7,14 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.data_trees import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = str(ROOT / 'recipes' / 'quickstart.yaml')
@@ -27,12 +28,6 @@ ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'GLOO_SOCKET_IFNAME': 'lo'}
 
 def _digests(text: str) -> dict:
     return {int(rank): digest for rank, digest in re.findall(r'^rank (\d) final weights sha256: (\w+)$', text, re.M)}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def _stop(processes: list) -> None:
@@ -55,7 +50,7 @@ def started():
 
 def _start_ranks(tmp: Path, attempt: str) -> list:
     """Both ranks as the launcher starts them (its environment variables), each with its own output files."""
-    port = str(_free_port())
+    port = str(free_port())
     processes = []
     for rank in range(2):
         env = {**ENV, 'RANK': str(rank), 'LOCAL_RANK': str(rank), 'WORLD_SIZE': '2', 'LOCAL_WORLD_SIZE': '2',

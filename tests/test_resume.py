@@ -13,8 +13,8 @@ import hashlib
 import io
 import json
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import time
