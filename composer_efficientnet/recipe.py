@@ -57,7 +57,13 @@ _SINGLE = {'model': registry.models, 'train_dataset': registry.datasets, 'val_da
            'optimizers': registry.optimizers}
 _MANY = {'algorithms': registry.algorithms, 'callbacks': registry.callbacks, 'loggers': registry.loggers,
          'schedulers': registry.schedulers}
-_REQUIRED = ('model', 'train_dataset', 'optimizers', 'max_duration', 'train_batch_size')
+_REQUIRED = {'train': ('model', 'train_dataset', 'optimizers', 'max_duration', 'train_batch_size'),
+             'eval': ('model', 'val_dataset', 'eval_batch_size')}
+#: Sections only training uses; evaluating a recipe ignores them, so the recipe of a run evaluates its checkpoints.
+TRAINING_ONLY = ('train_dataset', 'optimizers', 'schedulers', 'callbacks', 'max_duration', 'train_batch_size',
+                 'grad_accum', 'eval_interval', 'scale_schedule_ratio', 'save_interval',
+                 'save_num_checkpoints_to_keep', 'save_overwrite', 'autoresume', 'load_weights_only',
+                 'train_subset_num_batches', 'sync_free')
 SECTIONS = sorted([*_SCALARS, *_SINGLE, *_MANY])
 
 
@@ -70,15 +76,21 @@ class Entry:
     key: str  # where it sits in the recipe, for messages
 
     def build(self, *args: Any, **context: Any) -> Any:
-        return self.target(*args, **self.params, **context)
+        """Call the target with the recipe's parameters and whichever of ``context`` it accepts; a failure
+        the parameters caused (a bad value, a missing file or package) is a :class:`RecipeError` at this key."""
+        accepted = inspect.signature(self.target).parameters
+        try:
+            return self.target(*args, **self.params, **{k: v for k, v in context.items() if k in accepted})
+        except (ValueError, TypeError, OSError, ImportError) as error:
+            raise RecipeError(self.key, str(error)) from error
 
 
 @dataclass
 class Recipe:
     """A validated recipe: every name resolved, every parameter checked."""
     model: Entry
-    train_dataset: Entry
-    optimizer: Entry
+    train_dataset: Optional[Entry] = None  # None when the recipe was validated for evaluation
+    optimizer: Optional[Entry] = None
     val_dataset: Optional[Entry] = None
     algorithms: List[Entry] = field(default_factory=list)
     callbacks: List[Entry] = field(default_factory=list)
@@ -121,12 +133,18 @@ def load_recipe(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) ->
     return OmegaConf.to_container(config, resolve=True)
 
 
-def validate(config: Dict[str, Any], world_size: int = 1) -> Recipe:
-    """Check the whole recipe and resolve its names; raises :class:`RecipeError` at the first mistake."""
+def validate(config: Dict[str, Any], world_size: int = 1, purpose: Literal['train', 'eval'] = 'train') -> Recipe:
+    """Check the whole recipe and resolve its names; raises :class:`RecipeError` at the first mistake.
+
+    For ``purpose='eval'`` the sections in :data:`TRAINING_ONLY` are dropped unchecked (a run's training data
+    need not exist where its checkpoint is evaluated) and the held-out data is required instead.
+    """
     for key in config:
         if key not in SECTIONS:
             raise RecipeError(key, f'unknown section{_closest(key, SECTIONS)}; valid sections: {", ".join(SECTIONS)}')
-    for key in _REQUIRED:
+    if purpose == 'eval':
+        config = {key: value for key, value in config.items() if key not in TRAINING_ONLY}
+    for key in _REQUIRED[purpose]:
         if config.get(key) is None:
             raise RecipeError(key, 'is required')
     for key, types in _SCALARS.items():
@@ -135,8 +153,8 @@ def validate(config: Dict[str, Any], world_size: int = 1) -> Recipe:
             raise RecipeError(key, f'must be {" or ".join(t.__name__ for t in types)}, got {config[key]!r}')
     singles = {key: _entries(config, key, reg, single=True) for key, reg in _SINGLE.items() if config.get(key)}
     many = {key: _entries(config, key, reg, single=False) for key, reg in _MANY.items()}
-    recipe = Recipe(model=singles['model'][0], train_dataset=singles['train_dataset'][0],
-                    optimizer=singles['optimizers'][0], val_dataset=singles.get('val_dataset', [None])[0],
+    recipe = Recipe(model=singles['model'][0], train_dataset=singles.get('train_dataset', [None])[0],
+                    optimizer=singles.get('optimizers', [None])[0], val_dataset=singles.get('val_dataset', [None])[0],
                     settings={k: config[k] for k in _SCALARS if config.get(k) is not None}, world_size=world_size,
                     **many)
     _check_batches(recipe)
@@ -258,15 +276,17 @@ def _check_batches(recipe: Recipe) -> None:
         if size % recipe.world_size:
             raise RecipeError(key, f'{size} is global across processes and must be divisible by the number of '
                               f'processes ({recipe.world_size})')
+    if recipe.val_dataset is not None and 'eval_batch_size' not in recipe.settings:
+        raise RecipeError('eval_batch_size', 'is required when val_dataset is set')
     accum = recipe.settings.get('grad_accum')
+    if accum is None:
+        return
     if isinstance(accum, str) and accum != 'auto':
         raise RecipeError('grad_accum', f"must be a positive integer or 'auto', got {accum!r}")
     per_rank = recipe.settings['train_batch_size'] // recipe.world_size
     if isinstance(accum, int) and (accum < 1 or per_rank % accum):
         raise RecipeError('grad_accum', f'must be a positive integer dividing the per-process batch ({per_rank}), '
                           f'got {accum}')
-    if recipe.val_dataset is not None and 'eval_batch_size' not in recipe.settings:
-        raise RecipeError('eval_batch_size', 'is required when val_dataset is set')
 
 
 def _check_times(settings: Dict[str, Any]) -> None:
@@ -288,7 +308,7 @@ _VISION_DATASET_ALGORITHMS = ('randaugment', 'augmix')
 
 def _check_augmentation(recipe: Recipe) -> None:
     for entry in recipe.algorithms:
-        if entry.name in _VISION_DATASET_ALGORITHMS and recipe.train_dataset.name in ('imagenet',
+        if entry.name in _VISION_DATASET_ALGORITHMS and recipe.train_dataset and recipe.train_dataset.name in ('imagenet',
                                                                                       'streaming_imagenet'):
             raise RecipeError(entry.key, f"Composer's {entry.name} needs a torchvision VisionDataset; with "
                               f"{recipe.train_dataset.name} use its own parameter instead: "

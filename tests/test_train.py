@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from composer_efficientnet import train
+from composer_efficientnet import runner, train
 from composer_efficientnet.efficientnet import MEMBERS
 from composer_efficientnet.recipe import load_recipe, validate
 
@@ -85,6 +85,6 @@ def test_recipe_chooses_the_trainer(sync_free, expected):
     ({}, 'cpu', False)])
 def test_cudnn_benchmark_on_a_gpu_unless_deterministic(monkeypatch, settings, device, expected):
     monkeypatch.setattr(torch.backends.cudnn, 'benchmark', False)
-    train._configure_cudnn(settings, device)
+    runner.configure_cudnn(settings, device)
     assert torch.backends.cudnn.benchmark is expected
 

@@ -1,0 +1,85 @@
+"""What training and evaluation build alike from a validated recipe: device and precision, data, run settings."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from composer import Trainer
+from composer.core import DataSpec
+from composer.loggers import ConsoleLogger, ProgressBarLogger
+
+from composer_efficientnet.recipe import Entry, Recipe
+
+__all__ = ['device_and_precision', 'configure_cudnn', 'build_data', 'run_settings', 'held_out_metrics',
+           'ignore_short_last_batch_warnings']
+
+#: Recipe settings passed to Composer's ``Trainer`` under the same name, when the recipe sets them.
+TRAINER_PASSTHROUGH = ('eval_interval', 'scale_schedule_ratio', 'load_path', 'load_weights_only', 'autoresume',
+                       'run_name', 'deterministic_mode', 'train_subset_num_batches', 'eval_subset_num_batches',
+                       'dist_timeout', 'console_log_interval', 'python_log_level')
+
+
+def ignore_short_last_batch_warnings() -> None:
+    """Composer warns on every last batch of an epoch that is shorter than the batch; with ``drop_last`` false
+    that is expected, not news."""
+    warnings.filterwarnings('ignore', message='Cannot split tensor of length')
+
+
+def device_and_precision(recipe: Recipe) -> Tuple[str, Optional[str]]:
+    """The recipe's device (a GPU when there is one, unless it says) and precision; mixed precision on a CPU
+    falls back to fp32 with one warning line."""
+    device = recipe.settings.get('device') or ('gpu' if torch.cuda.is_available() else 'cpu')
+    device = next(iter(device)) if isinstance(device, dict) else device
+    precision = recipe.precision
+    if device == 'cpu' and precision and precision.startswith('amp'):
+        print(f"warning: precision {recipe.settings['precision']} needs a GPU; this CPU run uses fp32.",
+              file=sys.stderr)
+        precision = 'fp32'
+    return device, precision
+
+
+def configure_cudnn(settings: Dict[str, Any], device: str) -> None:
+    """On a GPU, let cuDNN time the convolution algorithms for the run's fixed shapes and keep the fastest, as
+    torchvision's and timm's training scripts do, unless the recipe asks for determinism or says no."""
+    if device == 'gpu':
+        torch.backends.cudnn.benchmark = settings.get('cudnn_benchmark', not settings.get('deterministic_mode'))
+
+
+def build_data(recipe: Recipe, entry: Entry, global_batch_size: int) -> DataSpec:
+    """One dataset section's data for this process: its share of the global batch, with the recipe's seed,
+    dataloader options and the model's native resolution."""
+    return entry.build(batch_size=global_batch_size // recipe.world_size, seed=recipe.settings.get('seed', 17),
+                       dataloader_kwargs=recipe.settings.get('dataloader', {}),
+                       model_resolution=recipe.model_resolution)
+
+
+def run_settings(recipe: Recipe) -> Dict[str, Any]:
+    """Trainer arguments for how the run goes rather than what it trains: device, precision, seed, loggers,
+    compilation, console output and the settings Composer takes as they are."""
+    settings = recipe.settings
+    device, precision = device_and_precision(recipe)
+    configure_cudnn(settings, device)
+    loggers = [entry.build() for entry in recipe.loggers]
+    compile_config = {} if settings.get('compile') is True else settings.get('compile') or None
+    return dict(
+        device=device, precision=precision, seed=settings.get('seed', 17), loggers=loggers,
+        compile_config=compile_config,
+        progress_bar=settings.get('progress_bar', True) and not any(isinstance(l, ProgressBarLogger) for l in loggers),
+        log_to_console=settings.get('log_to_console', False) and not any(isinstance(l, ConsoleLogger) for l in loggers),
+        **{key: settings[key] for key in TRAINER_PASSTHROUGH if key in settings},
+    )
+
+
+#: Our models' held-out metrics, by the names runs report them under.
+_REPORTED_METRICS = {'MulticlassAccuracy': 'top-1', 'Top5Accuracy': 'top-5', 'CrossEntropy': 'cross-entropy'}
+
+
+def held_out_metrics(trainer: Trainer) -> Dict[str, Dict[str, float]]:
+    """The last evaluation's top-1 and top-5 (percent) and cross-entropy, by evaluation label; every process
+    must call it, since computing a metric reduces it across processes."""
+    return {label: {_REPORTED_METRICS[name]: float(metric.compute()) * (1 if name == 'CrossEntropy' else 100)
+                    for name, metric in metrics.items() if name in _REPORTED_METRICS}
+            for label, metrics in trainer.state.eval_metrics.items()}
