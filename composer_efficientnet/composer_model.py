@@ -9,17 +9,38 @@ from typing import Any, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from composer.loss import soft_cross_entropy
-from composer.metrics import CrossEntropy
 from composer.models import ComposerClassifier
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from composer_efficientnet import weights
 from composer_efficientnet.efficientnet import EfficientNet, canonical_name
 
-__all__ = ['EfficientNetClassifier', 'composer_efficientnet', 'composer_efficientnetb0']
+__all__ = ['EfficientNetClassifier', 'PerImageCrossEntropy', 'composer_efficientnet', 'composer_efficientnetb0']
 
 log = logging.getLogger(__name__)
+
+
+class PerImageCrossEntropy(Metric):
+    """Cross-entropy averaged over images, however they were batched or shared between processes.
+
+    Composer's ``CrossEntropy`` averages the means of batches, so a short last batch, another batch size or
+    another number of processes changes it; this one sums the loss of every image and divides by their count.
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state('sum_loss', default=torch.tensor(0.0), dist_reduce_fx='sum')
+        self.add_state('images', default=torch.tensor(0), dist_reduce_fx='sum')
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        self.sum_loss += soft_cross_entropy(logits, targets, reduction='sum')
+        self.images += logits.shape[0]
+
+    def compute(self) -> torch.Tensor:
+        return self.sum_loss / self.images
 
 
 class EfficientNetClassifier(ComposerClassifier):
@@ -28,7 +49,7 @@ class EfficientNetClassifier(ComposerClassifier):
     With integer targets the loss is ``F.cross_entropy(..., label_smoothing=label_smoothing)``: one fused
     kernel and no dense one-hot targets. Dense (soft) targets, from other algorithms, are smoothed and
     passed to Composer's ``soft_cross_entropy``. Metrics: train accuracy; validation top-1, top-5 and
-    cross-entropy.
+    cross-entropy per image.
     """
 
     def __init__(self, module: EfficientNet, label_smoothing: float = 0.0) -> None:
@@ -36,7 +57,7 @@ class EfficientNetClassifier(ComposerClassifier):
         val_metrics = MetricCollection({
             'MulticlassAccuracy': MulticlassAccuracy(num_classes=num_classes, average='micro'),
             'Top5Accuracy': MulticlassAccuracy(num_classes=num_classes, top_k=min(5, num_classes), average='micro'),
-            'CrossEntropy': CrossEntropy(),
+            'CrossEntropy': PerImageCrossEntropy(),
         })
         # validate_args=False: the argument checks read tensor values on the host, a sync on every step
         train_metrics = MulticlassAccuracy(num_classes=num_classes, average='micro', validate_args=False)
