@@ -1,4 +1,4 @@
-"""The ``composer-efficientnet`` command: train, list, info, benchmark, convert-dataset."""
+"""The ``composer-efficientnet`` command: train, eval, list, info, benchmark, convert-dataset."""
 
 from __future__ import annotations
 
@@ -77,6 +77,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     commands = parser.add_subparsers(dest='command', required=True)
     commands.add_parser('train', help='train from a YAML recipe (see composer-efficientnet train --help)',
                         add_help=False)
+    commands.add_parser('eval', help='evaluate a checkpoint or pretrained weights on a recipe\'s held-out data '
+                        '(see composer-efficientnet eval --help)', add_help=False)
     commands.add_parser('benchmark', help='time our training step beside torchvision and timm', add_help=False)
     listing = commands.add_parser('list', help='print what is registered')
     listing.add_argument('kind', nargs='?', choices=KINDS)
@@ -87,6 +89,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] == 'train':
         from composer_efficientnet import train
         return train.main(argv[1:])
+    if argv and argv[0] == 'eval':
+        from composer_efficientnet import evaluate
+        return evaluate.main(argv[1:])
     if argv and argv[0] == 'benchmark':
         from composer_efficientnet import benchmark
         return benchmark.main(argv[1:])

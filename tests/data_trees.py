@@ -56,11 +56,4 @@ class IndexDataset(Dataset):
         return torch.zeros(3, 1, 1, dtype=torch.uint8), index
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
-__all__ = ['CLASSES', 'write_jpeg', 'make_tree', 'corrupt', 'IndexDataset', 'free_port']
+__all__ = ['CLASSES', 'write_jpeg', 'make_tree', 'corrupt', 'IndexDataset']

@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.data_trees import IndexDataset, free_port, make_tree
+from tests.data_trees import IndexDataset, make_tree
+from tests.processes import free_port
 
 WORLD_SIZE = 2
 SEED = 17

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.data_trees import free_port
+from tests.processes import ENV, free_port, launch, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = str(ROOT / 'recipes' / 'quickstart.yaml')
@@ -22,22 +22,10 @@ DIST_TIMEOUT = 20
 OVERRIDES = ['max_duration=4ba', 'save_interval=2ba', 'autoresume=true', 'run_name=dist', 'deterministic_mode=true',
              f'dist_timeout={DIST_TIMEOUT}', 'save_num_checkpoints_to_keep=-1', 'progress_bar=false',
              'train_dataset.digits.image_size=8', 'val_dataset.digits.image_size=8', 'eval_subset_num_batches=1']
-# Loopback for gloo, whatever the machine's name resolves to.
-ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'GLOO_SOCKET_IFNAME': 'lo'}
 
 
 def _digests(text: str) -> dict:
     return {int(rank): digest for rank, digest in re.findall(r'^rank (\d) final weights sha256: (\w+)$', text, re.M)}
-
-
-def _stop(processes: list) -> None:
-    """End every process still running, with whatever it started: none outlives its test."""
-    for process in processes:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait()
 
 
 @pytest.fixture
@@ -45,7 +33,7 @@ def started():
     """The processes a test starts, stopped when it ends, passed or not."""
     processes = []
     yield processes
-    _stop(processes)
+    stop(processes)
 
 
 def _start_ranks(tmp: Path, attempt: str) -> list:
@@ -68,16 +56,9 @@ def _start_ranks(tmp: Path, attempt: str) -> list:
 def launched(tmp_path_factory):
     """``composer -n 2`` on the quickstart recipe, uninterrupted: the final weights of each rank."""
     tmp = tmp_path_factory.mktemp('launched')
-    launcher = str(Path(sys.executable).parent / 'composer')
-    launch = subprocess.Popen([launcher, '-n', '2', '--stdout', str(tmp / 'rank{rank}.out'), '--stderr',
-                               str(tmp / 'rank{rank}.err'), '-m', 'composer_efficientnet.train', QUICKSTART,
-                               *OVERRIDES, f'save_folder={tmp / "checkpoints"}'], cwd=tmp, env=ENV,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = launch.communicate(timeout=600)
-    finally:
-        _stop([launch])
-    assert launch.returncode == 0, output
+    code, output = launch('composer_efficientnet.train', [QUICKSTART, *OVERRIDES, f'save_folder={tmp / "checkpoints"}'],
+                          tmp)
+    assert code == 0, output
     yield {**_digests(output), **_digests((tmp / 'rank1.out').read_text())}
     shutil.rmtree(tmp)  # its checkpoints are not needed past this module
 

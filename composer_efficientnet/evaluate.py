@@ -1,0 +1,153 @@
+"""Evaluate weights on held-out data from a YAML recipe: ``python -m composer_efficientnet.evaluate RECIPE.yaml``.
+
+The recipe that trained a run evaluates it: the sections only training uses are ignored, so the model,
+``val_dataset``, ``eval_batch_size``, the algorithms (those that change the model, such as ``blurpool``, must be
+the run's), the loggers and the run settings count. The weights are ``load_path`` (a Composer checkpoint, of which
+only the weights are read), else the model's ``pretrained`` file (torchvision, timm or this package), else the
+newest complete checkpoint in the recipe's ``save_folder``. Runs as one process or under Composer's launcher
+(``composer -n 8 -m composer_efficientnet.evaluate recipe.yaml``): each process evaluates its share and the
+metrics are reduced over all of them, counting every image once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import warnings
+from typing import Any, Dict, List, Optional
+
+import torch
+from composer import Trainer
+from composer.utils import dist, format_name_with_dist, parse_uri, reproducibility
+
+import composer_efficientnet
+from composer_efficientnet.callbacks.checkpointing import newest_complete_checkpoint
+from composer_efficientnet.recipe import Recipe, RecipeError, load_recipe, validate
+from composer_efficientnet.resume import stored_identity
+from composer_efficientnet.runner import (build_data, held_out_metrics, ignore_short_last_batch_warnings,
+                                         run_settings)
+
+__all__ = ['build_evaluator', 'checkpoint_to_load', 'evaluate', 'main']
+
+
+def checkpoint_to_load(recipe: Recipe) -> Optional[str]:
+    """The Composer checkpoint whose weights are evaluated: ``load_path``, else (without the model's
+    ``pretrained``) the newest complete checkpoint in the run's local ``save_folder``; ``None`` when
+    ``pretrained`` gives the weights. A :class:`RecipeError` when there are no weights, or two sources."""
+    load_path = recipe.settings.get('load_path')
+    pretrained = recipe.model.params.get('pretrained')
+    if load_path and pretrained:
+        raise RecipeError('load_path', f'and model.{recipe.model.name}.pretrained both give weights; keep one')
+    if load_path:
+        _check_composer_checkpoint(load_path, recipe)
+        return load_path
+    if pretrained:
+        return None
+    save_folder = recipe.settings.get('save_folder')
+    if save_folder and not parse_uri(save_folder)[0]:
+        newest = newest_complete_checkpoint(format_name_with_dist(save_folder, recipe.settings.get('run_name', '')))
+        if newest is not None:
+            return newest
+    raise RecipeError('load_path', f'evaluation needs weights: set load_path=CHECKPOINT (a Composer checkpoint) or '
+                      f'model.{recipe.model.name}.pretrained=FILE (torchvision, timm or composer_efficientnet '
+                      f"weights){'; save_folder ' + repr(save_folder) + ' holds no checkpoint' if save_folder else ''}")
+
+
+def _check_composer_checkpoint(path: str, recipe: Recipe) -> None:
+    if parse_uri(path)[0]:
+        return  # a remote checkpoint is Composer's to download
+    if not os.path.isfile(path):
+        raise RecipeError('load_path', f"file '{path}' does not exist")
+    try:
+        checkpoint = torch.load(path, map_location='cpu', mmap=True, weights_only=False)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise RecipeError('load_path', f"cannot read checkpoint '{path}': {error}") from None
+    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get('state'), dict)
+            and 'model' in checkpoint['state']):
+        raise RecipeError('load_path', f"'{path}' is not a Composer checkpoint; for a torchvision, timm or plain "
+                          f'state-dict file use model.{recipe.model.name}.pretrained={path} instead')
+
+
+def build_evaluator(recipe: Recipe) -> Trainer:
+    """A Composer ``Trainer`` holding the recipe's model with the weights to evaluate loaded (see
+    :func:`checkpoint_to_load`) and the held-out data as its evaluation data; nothing to train."""
+    checkpoint = checkpoint_to_load(recipe)
+    eval_data = build_data(recipe, recipe.val_dataset, recipe.settings['eval_batch_size'])
+    reproducibility.seed_all(recipe.settings.get('seed', 17))
+    model = recipe.model.build()
+    try:
+        with warnings.catch_warnings():  # Composer makes an optimizer, never stepped here, and says so
+            warnings.filterwarnings('ignore', message='No optimizer was specified')
+            return Trainer(model=model, eval_dataloader=eval_data,
+                           algorithms=[entry.build() for entry in recipe.algorithms],
+                           **{**run_settings(recipe), 'load_path': checkpoint, 'load_weights_only': True})
+    except RuntimeError as error:
+        if checkpoint is None or 'Error(s) in loading state_dict' not in str(error):
+            raise
+        raise RecipeError('load_path', _misfit(checkpoint, recipe, error)) from error
+
+
+def _misfit(path: str, recipe: Recipe, error: RuntimeError) -> str:
+    details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+    detail = details[0] if details else str(error)
+    detail = detail if len(detail) <= 240 else detail[:240] + ' ...'
+    stored = stored_identity(path) if not parse_uri(path)[0] else None
+    written_by = (f" (it was written by a run of {stored['model']} with num_classes {stored.get('model.num_classes')})"
+                  if stored and 'model' in stored else '')
+    return (f"'{path}' does not fit the recipe's model, {recipe.model.name}{written_by}: {detail}; the model, "
+            'its num_classes and the algorithms that change the model (blurpool, squeeze_excite, ...) must be those '
+            'of the run that wrote it')
+
+
+def evaluate(trainer: Trainer) -> Dict[str, float]:
+    """Run the evaluation; the held-out top-1 and top-5 (percent), cross-entropy and the number of images."""
+    trainer.eval()
+    metrics = held_out_metrics(trainer)['eval']
+    return {**metrics, 'images': int(trainer.state.eval_timestamp.sample)}
+
+
+def _record(recipe: Recipe, source: str, results: Dict[str, float]) -> Dict[str, Any]:
+    return {'model': recipe.model.name, 'model_params': recipe.model.params, 'weights': source,
+            'val_dataset': {recipe.val_dataset.name: recipe.val_dataset.params},
+            'eval_batch_size': recipe.settings['eval_batch_size'], 'precision': recipe.precision,
+            'processes': recipe.world_size, **results,
+            'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+            'versions': {'composer_efficientnet': composer_efficientnet.__version__, 'torch': torch.__version__}}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Validate the recipe for evaluation, load the weights, evaluate, print (and with ``--json`` write) the
+    results; recipe mistakes exit with status 2 and one line on stderr."""
+    parser = argparse.ArgumentParser(prog='composer-efficientnet eval', description=__doc__.splitlines()[0])
+    parser.add_argument('recipe', help='path to a YAML recipe')
+    parser.add_argument('overrides', nargs='*', help='dotted.key=value overrides, e.g. load_path=run/latest-rank0.pt')
+    parser.add_argument('--json', metavar='PATH', help='also write the results to this JSON file')
+    parser.add_argument('--debug', action='store_true', help='show tracebacks instead of one-line errors')
+    args = parser.parse_args(argv)
+    ignore_short_last_batch_warnings()
+    try:
+        recipe = validate(load_recipe(args.recipe, args.overrides), world_size=dist.get_world_size(), purpose='eval')
+        trainer = build_evaluator(recipe)
+    except RecipeError as error:
+        if args.debug:
+            raise
+        print(f'composer-efficientnet: recipe error: {str(error).splitlines()[0]}', file=sys.stderr)
+        return 2
+    results = evaluate(trainer)
+    source = trainer.state.load_path or recipe.model.params['pretrained']
+    trainer.close()
+    if dist.get_global_rank() == 0:
+        print(f"{recipe.model.name}, weights {source}: {results['images']} held-out images\n"
+              f"top-1: {results['top-1']:.2f}%\ntop-5: {results['top-5']:.2f}%\n"
+              f"cross-entropy: {results['cross-entropy']:.4f}", flush=True)
+        if args.json:
+            with open(args.json, 'w') as file:
+                json.dump(_record(recipe, source, results), file, indent=2)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
