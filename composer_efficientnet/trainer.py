@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
+import inspect
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
 from composer import Trainer
@@ -67,7 +69,9 @@ class SyncFreeTrainer(Trainer):
     logged loss and train metrics of batch ``n`` are published (under batch ``n``'s step number, in
     ``state.total_loss_dict`` and to the loggers) while batch ``n + 1`` runs. At the last batch of an epoch and
     of the run they are published at once, so epoch-end callbacks, evaluators and checkpoints see complete
-    values. The train metrics are updated from the training outputs without switching the model to eval mode
+    values. Loggers still receive every step in order: what is logged for step ``n + 1`` meanwhile (Composer's
+    time counters, callbacks at batch end) is held back and passed on right after step ``n``'s values, and
+    destinations that read the timestamp rather than the step (``InMemoryLogger``) see step ``n``'s. The train metrics are updated from the training outputs without switching the model to eval mode
     and back, when the model is a :class:`~composer.models.ComposerClassifier` (whose ``eval_forward`` would
     return those outputs unchanged).
 
@@ -86,8 +90,11 @@ class SyncFreeTrainer(Trainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._pending: Optional[_StepValues] = None
+        self._held: List[Callable[[], None]] = []
         self._host_group: Optional[Any] = None
         super().__init__(*args, **kwargs)
+        for name in ('log_metrics', 'log_images'):  # every caller (loop, callbacks, algorithms) shares this Logger
+            setattr(self.logger, name, self._in_step_order(getattr(self.logger, name)))
         if dist.get_world_size() > 1:  # every process builds its Trainer, so every process joins
             timeout = datetime.timedelta(seconds=kwargs.get('dist_timeout', 300.0))
             self._host_group = torch.distributed.new_group(backend='gloo', timeout=timeout)
@@ -235,6 +242,7 @@ class SyncFreeTrainer(Trainer):
             super()._train_loop()
         except BaseException:
             self._pending = None  # reading a failed step's values could raise again and hide why it failed
+            self._held = []
             raise
         self._flush()
 
@@ -248,8 +256,42 @@ class SyncFreeTrainer(Trainer):
         self._publish(pending)
 
     def _publish(self, values: Optional[_StepValues]) -> None:
-        if values is None or not values.tensors:
+        if values is not None and values.tensors:
+            host_values = values.read()
+            self.state.total_loss_dict = {k: v for k, v in host_values.items() if k.startswith('loss/')}
+            with self._timestamp_of(values.step):
+                self.logger.log_metrics(host_values, step=values.step)
+        held, self._held = self._held, []
+        for log in held:
+            log()
+
+    def _in_step_order(self, log: Callable[..., None]) -> Callable[..., None]:
+        """``log`` (a Logger method taking ``step``), holding back calls for steps after the unpublished one."""
+        signature = inspect.signature(log)
+
+        @functools.wraps(log)
+        def log_in_step_order(*args: Any, **kwargs: Any) -> None:
+            arguments = signature.bind(*args, **kwargs).arguments
+            step = arguments.pop('step', None)
+            step = int(self.state.timestamp.batch) if step is None else step
+            call = functools.partial(log, **arguments, step=step)
+            pending = self._pending
+            if pending is not None and pending.tensors and step > pending.step:
+                self._held.append(call)
+            else:
+                call()
+
+        return log_in_step_order
+
+    @contextlib.contextmanager
+    def _timestamp_of(self, step: int) -> Iterator[None]:
+        """The state's timestamp as it was during ``step``, for destinations that read it instead of the step."""
+        now, previous = self.state.timestamp, self.state.previous_timestamp
+        if int(now.batch) == step or previous is None or int(previous.batch) != step:
+            yield
             return
-        host_values = values.read()
-        self.state.total_loss_dict = {k: v for k, v in host_values.items() if k.startswith('loss/')}
-        self.logger.log_metrics(host_values, step=values.step)
+        self.state.timestamp = previous
+        try:
+            yield
+        finally:
+            self.state.timestamp = now

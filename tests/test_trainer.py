@@ -20,13 +20,19 @@ BATCHES_PER_EPOCH = 5
 
 
 class StepLog(LoggerDestination):
-    """Every logged loss and train metric, by the step it was logged for."""
+    """Every logged loss and train metric, by the step it was logged for; and every name logged, in order, with
+    its step and the timestamp's batch at the time (which destinations such as ``InMemoryLogger`` record)."""
 
     def __init__(self) -> None:
         self.values: Dict[str, Dict[int, float]] = {}
+        self.calls: List[tuple] = []
+
+    def init(self, state: Any, logger: Any) -> None:
+        self.state = state
 
     def log_metrics(self, metrics: Dict[str, Any], step: Any = None) -> None:
         for name, value in metrics.items():
+            self.calls.append((step, int(self.state.timestamp.batch), name))
             if name.startswith(('loss/train', 'metrics/')):
                 self.values.setdefault(name, {})[step] = value.tolist() if torch.is_tensor(value) else value
 
@@ -48,7 +54,7 @@ def fit(trainer_class: type, microbatch: int = 4, algorithms: Any = (), epochs: 
                             **trainer_kwargs)
     trainer.fit()
     return {'weights': {k: v.clone() for k, v in model.state_dict().items()}, 'log': log.values,
-            'reads': reads.per_step, 'total_loss_dict': dict(trainer.state.total_loss_dict)}
+            'calls': log.calls, 'reads': reads.per_step, 'total_loss_dict': dict(trainer.state.total_loss_dict)}
 
 
 @pytest.fixture(scope='module')
@@ -76,6 +82,13 @@ def test_same_weights_and_logged_values_as_composer(our_run, composer_run):
     steps = 2 * BATCHES_PER_EPOCH
     assert sorted(our_run['log']['loss/train/total']) == list(range(steps))  # every step, the last ones too
     assert len(our_run['log']['metrics/train/MulticlassAccuracy']) == steps + 1  # + Composer's epoch-end value
+
+
+def test_loggers_see_every_step_in_order_with_its_timestamp(our_run, composer_run):
+    """A destination like wandb's drops values for a step below one it has seen; none arrives late here."""
+    steps = [step for step, _, _ in our_run['calls']]
+    assert steps == sorted(steps)
+    assert our_run['calls'] == composer_run['calls']  # names, steps and timestamps, in Composer's order
 
 
 def test_no_host_read_in_a_training_step(our_run, composer_run):
