@@ -25,6 +25,8 @@ from composer.utils import dist, format_name_with_dist, parse_uri, reproducibili
 
 import composer_efficientnet
 from composer_efficientnet.callbacks.checkpointing import newest_complete_checkpoint
+from composer_efficientnet.data import DATA_ERRORS
+from composer_efficientnet.data.errors import message_of
 from composer_efficientnet.recipe import Recipe, RecipeError, load_recipe, validate
 from composer_efficientnet.resume import stored_identity
 from composer_efficientnet.runner import (build_data, held_out_metrics, ignore_short_last_batch_warnings,
@@ -136,7 +138,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f'composer-efficientnet: recipe error: {str(error).splitlines()[0]}', file=sys.stderr)
         return 2
-    results = evaluate(trainer)
+    try:
+        results = evaluate(trainer)
+    except DATA_ERRORS as error:
+        if args.debug:
+            raise
+        print(f'composer-efficientnet: {message_of(error)}', file=sys.stderr)
+        return 2
     source = trainer.state.load_path or recipe.model.params['pretrained']
     trainer.close()
     if dist.get_global_rank() == 0:

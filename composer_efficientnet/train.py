@@ -16,7 +16,8 @@ from composer import Trainer
 from composer.utils import dist, reproducibility
 
 from composer_efficientnet.callbacks import CheckpointWriteError, DivergenceError, SyncBuffers
-from composer_efficientnet.data import BadSampleReport
+from composer_efficientnet.data import DATA_ERRORS, BadSampleReport
+from composer_efficientnet.data.errors import message_of
 from composer_efficientnet.recipe import Recipe, RecipeError, load_recipe, validate
 from composer_efficientnet.resume import check_autoresume, check_no_earlier_run, checkpoint_savers
 from composer_efficientnet.runner import (build_data, held_out_metrics, ignore_short_last_batch_warnings,
@@ -105,8 +106,8 @@ def _lost_process(error: RuntimeError) -> bool:
 
 
 def _fit(trainer: Trainer, debug: bool) -> int:
-    """Fit and report; a divergence (status 3), a checkpoint that cannot be written (status 4) or a lost process
-    (status 1) ends with one line on stderr."""
+    """Fit and report; a divergence (status 3), a checkpoint that cannot be written (status 4), an image that
+    strict mode refuses or a broken dataset (status 2) or a lost process (status 1) ends with one line on stderr."""
     if trainer.state.load_path is not None:
         print(f'{_rank_prefix()}resumed from {trainer.state.load_path} at step {int(trainer.state.timestamp.batch)}',
               flush=True)
@@ -122,6 +123,11 @@ def _fit(trainer: Trainer, debug: bool) -> int:
         print(f'composer-efficientnet: {_rank_prefix()}{error}; make room there, then rerun (with autoresume: true it '
               'continues from the last checkpoint)', file=sys.stderr)
         return 4
+    except DATA_ERRORS as error:
+        if debug:
+            raise
+        print(f'composer-efficientnet: {_rank_prefix()}{message_of(error)}', file=sys.stderr)
+        return 2
     except RuntimeError as error:
         if debug or not _lost_process(error):
             raise

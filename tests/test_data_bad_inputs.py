@@ -8,10 +8,13 @@ import shutil
 
 import pytest
 import torch
+import yaml
 
-from composer_efficientnet.data import (BadSampleTracker, CorruptImageError, DatasetLayoutError, SplitNotFoundError,
-                                        build_imagenet_dataspec)
+from composer_efficientnet import train
+from composer_efficientnet.data import (BadSampleTracker, BrokenDatasetError, CorruptImageError, DatasetLayoutError,
+                                        SplitNotFoundError, build_imagenet_dataspec)
 from composer_efficientnet.data.bad_samples import load_or_replace
+from composer_efficientnet.data.loading import loader_kwargs
 from tests.data_trees import corrupt, make_tree
 
 
@@ -60,11 +63,33 @@ def test_strict_mode_error_crosses_worker_processes(tree):
         list(spec.dataloader)
 
 
+@pytest.mark.parametrize('num_workers', [0, 1])
+def test_strict_mode_ends_a_recipe_run_with_one_line_naming_the_file(tree, tmp_path, capsys, num_workers):
+    bad = corrupt(tree / 'train' / 'cat' / '1.jpg')
+    recipe = tmp_path / 'strict.yaml'
+    recipe.write_text(yaml.safe_dump({
+        'model': {'efficientnet_b0': {'num_classes': 3}}, 'optimizers': {'sgd': {'lr': 0.1}},
+        'train_dataset': {'imagenet': {'datadir': str(tree), 'crop_size': 32, 'strict': True}},
+        'max_duration': '1ep', 'train_batch_size': 4, 'device': 'cpu', 'progress_bar': False,
+        'dataloader': {'num_workers': num_workers}}))
+    assert train.main([str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f'composer-efficientnet: {bad}: cannot read or decode this image'), err
+
+
+def test_dataloader_options_that_need_workers_are_dropped_without_workers():
+    options = {'num_workers': 0, 'pin_memory': True, 'prefetch_factor': 2, 'persistent_workers': True, 'timeout': 5,
+               'multiprocessing_context': 'spawn'}
+    assert loader_kwargs(options) == {'num_workers': 0, 'pin_memory': True}
+    assert loader_kwargs({**options, 'num_workers': 2}) == {**options, 'num_workers': 2}
+
+
 def test_a_dataset_of_only_bad_samples_fails_instead_of_looping():
     def load(index):
         raise RuntimeError('not an image')
 
-    with pytest.raises(RuntimeError, match=r'3 consecutive samples starting at item 1 could not be read '
+    with pytest.raises(BrokenDatasetError, match=r'3 consecutive samples starting at item 1 could not be read '
                                            r'\(last: not an image\)'):
         load_or_replace(1, 3, load, lambda i: f'item {i}', BadSampleTracker(), strict=False)
 

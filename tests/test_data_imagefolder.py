@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 
 from composer_efficientnet.data import BUILDERS, NormalizeOnDevice, build_imagenet_dataspec
-from composer_efficientnet.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, ResizeShorterSide, image_transform,
-                                                   val_resize_size)
+from composer_efficientnet.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, ResizeShorterSide, decode_image_bytes,
+                                                   image_transform, val_resize_size)
 from tests.data_trees import CLASSES, make_tree
 
 
@@ -114,3 +116,19 @@ def test_float_images_pass_through_unnormalized():
     images = torch.randn(2, 3, 8, 8)
     out, _ = NormalizeOnDevice()((images, None))
     assert torch.equal(out, images)
+
+
+def test_a_16_bit_png_and_an_animated_gif_decode_to_8_bit_rgb(tmp_path):
+    """Both are valid ImageFolder files; they must come out as every other image does, not stop the run."""
+    deep = np.random.default_rng(0).integers(0, 65536, (40, 48)).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / 'deep.png')
+    frames = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 48, 3), dtype=np.uint8)) for i in (1, 2)]
+    frames[0].save(tmp_path / 'moving.gif', save_all=True, append_images=frames[1:])
+
+    png = decode_image_bytes(read_file(str(tmp_path / 'deep.png')))
+    assert png.shape == (3, 40, 48) and png.dtype == torch.uint8
+    assert torch.equal(png[0], torch.from_numpy((deep >> 8).astype(np.uint8)))  # the top 8 bits, gray in RGB
+    gif = decode_image_bytes(read_file(str(tmp_path / 'moving.gif')))
+    assert gif.shape == (3, 40, 48) and gif.dtype == torch.uint8
+    first_frame = np.asarray(Image.open(tmp_path / 'moving.gif').convert('RGB'))  # PIL opens the first frame
+    assert torch.equal(gif, torch.from_numpy(first_frame).permute(2, 0, 1))

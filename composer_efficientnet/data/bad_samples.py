@@ -19,7 +19,7 @@ from composer.loggers import Logger
 from composer.utils import dist
 from torch.utils.data import get_worker_info
 
-from composer_efficientnet.data.errors import CorruptImageError
+from composer_efficientnet.data.errors import BrokenDatasetError, CorruptImageError
 
 __all__ = ['BadSampleTracker', 'BadSampleReport', 'load_or_replace', 'LOAD_ERRORS', 'MAX_CONSECUTIVE_BAD']
 
@@ -92,9 +92,9 @@ def load_or_replace(index: int, num_samples: int, load: Callable[[int], T], desc
                                         'strict: false to skip unreadable images.') from error
             tracker.record(describe(candidate))
             last_error = error
-    raise RuntimeError(f'{min(MAX_CONSECUTIVE_BAD, num_samples)} consecutive samples starting at {describe(index)} '
-                       f'could not be read (last: {last_error}); the dataset looks broken rather than a few files '
-                       'corrupt.') from last_error
+    raise BrokenDatasetError(f'{min(MAX_CONSECUTIVE_BAD, num_samples)} consecutive samples starting at '
+                             f'{describe(index)} could not be read (last: {last_error}); the dataset looks broken '
+                             'rather than a few files corrupt.') from last_error
 
 
 def _tracker_of(dataloader: Any) -> Optional[BadSampleTracker]:

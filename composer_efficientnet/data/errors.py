@@ -6,7 +6,8 @@ as one line. They subclass the built-in types a caller would catch anyway.
 
 from __future__ import annotations
 
-__all__ = ['DatasetLayoutError', 'SplitNotFoundError', 'CorruptImageError', 'OptionalDependencyError']
+__all__ = ['DatasetLayoutError', 'SplitNotFoundError', 'CorruptImageError', 'BrokenDatasetError',
+           'OptionalDependencyError', 'DATA_ERRORS', 'message_of']
 
 
 class DatasetLayoutError(ValueError):
@@ -22,6 +23,23 @@ class SplitNotFoundError(FileNotFoundError):
 
 class CorruptImageError(ValueError):
     """An image that cannot be read or decoded, raised instead of skipping it when ``strict`` is set."""
+
+
+class BrokenDatasetError(RuntimeError):
+    """So many consecutive samples cannot be read that the dataset, not a few files, is broken."""
+
+
+#: Errors a run's data raises while it trains or evaluates; a recipe runner reports them as one line.
+DATA_ERRORS = (CorruptImageError, BrokenDatasetError)
+
+
+def message_of(error: BaseException) -> str:
+    """The first line of the error's own message, also when a DataLoader worker raised it (PyTorch then puts
+    'Caught ... in DataLoader worker process N' and the worker's traceback before it)."""
+    text = str(error).strip()
+    if text.startswith('Caught '):
+        return text.splitlines()[-1].partition(f'{type(error).__name__}: ')[2] or text.splitlines()[-1]
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 class OptionalDependencyError(ImportError):

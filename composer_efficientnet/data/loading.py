@@ -12,7 +12,7 @@ from composer_efficientnet.data.transforms import NormalizeOnDevice
 
 __all__ = ['make_dataloader', 'make_dataspec', 'loader_kwargs']
 
-_WORKER_ONLY = ('prefetch_factor', 'persistent_workers', 'timeout')
+_WORKER_ONLY = ('prefetch_factor', 'persistent_workers', 'timeout', 'multiprocessing_context')
 
 
 def loader_kwargs(dataloader_kwargs: Optional[Dict[str, Any]] = None, **extra: Any) -> Dict[str, Any]:

@@ -50,9 +50,13 @@ def decode_image_bytes(data: torch.Tensor) -> torch.Tensor:
     ``torchvision.io.decode_image`` (libjpeg-turbo for JPEG; PNG, WebP and GIF too, grayscale and CMYK
     converted to RGB) decodes 1.1-1.5x faster than PIL in ``benchmarks/data_pipeline.py`` and yields a tensor
     the uint8 resize takes directly. Both the ImageFolder and the streaming path use it, so identical bytes
-    give identical pixels. Raises RuntimeError on bytes it cannot decode.
+    give identical pixels. An animated GIF gives its first frame (as PIL does), a 16-bit PNG its top 8 bits.
+    Raises RuntimeError on bytes it cannot decode.
     """
-    return decode_image(data, mode=ImageReadMode.RGB)
+    image = decode_image(data, mode=ImageReadMode.RGB)
+    if image.ndim == 4:
+        image = image[0]
+    return v2.functional.to_dtype(image, torch.uint8, scale=True)
 
 
 def _native_uint8_kernel() -> bool:
