@@ -15,7 +15,7 @@ from composer_efficientnet import EfficientNet, composer_efficientnet, registry
 from composer_efficientnet.algorithms import (LabelSmoothing, SampleStochasticDepth, apply_label_smoothing,
                                               apply_sample_stochastic_depth)
 from composer_efficientnet.layers import MBConv
-from tests.conftest import digits_trainer, seeded_model, weights_of
+from tests.conftest import digits_trainer, seeded_model, tiny_trainer, weights_of
 
 
 def residual_rates(model):
@@ -67,6 +67,16 @@ def test_warmup_ramps_and_logs_rate():
     logged = [value for _, value in logger.data['stochastic_depth/drop_rate']]
     assert logged == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2, 0.2])
     assert max(residual_rates(trainer.state.model)) == pytest.approx(0.2 * 14 / 16)  # block 15 has no residual
+
+
+@pytest.mark.parametrize('warmup, max_duration', [('2ep', '3ep'), ('0.5dur', '4ep')])
+def test_warmup_in_epochs_ramps_every_batch(warmup, max_duration):
+    """Four batches an epoch: a warm-up of two epochs ramps as one of eight batches does."""
+    logger = InMemoryLogger()
+    tiny_trainer(max_duration, algorithms=[SampleStochasticDepth(drop_rate=0.2, drop_warmup=warmup)],
+                 loggers=[logger], train_subset_num_batches=4).fit()
+    logged = [value for _, value in logger.data['stochastic_depth/drop_rate']]
+    assert logged[:10] == pytest.approx([0.2 * min(1, batch / 8) for batch in range(10)])
 
 
 def test_zero_rate_is_bitwise_no_algorithm():

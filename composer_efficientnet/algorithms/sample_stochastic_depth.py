@@ -102,11 +102,20 @@ class SampleStochasticDepth(Algorithm):
         if self.drop_warmup.value == 0 or state.max_duration is None:
             return 1.0
         if self.drop_warmup.unit == TimeUnit.DURATION:
-            elapsed = state.get_elapsed_duration()
-            elapsed_value = 0.0 if elapsed is None else elapsed.value
+            max_duration = state.max_duration
+            elapsed = _elapsed(state, max_duration.unit) / max_duration.value
         else:
-            elapsed_value = state.timestamp.get(self.drop_warmup.unit).value
-        return min(1.0, elapsed_value / self.drop_warmup.value)
+            elapsed = _elapsed(state, self.drop_warmup.unit)
+        return min(1.0, elapsed / self.drop_warmup.value)
+
+
+def _elapsed(state: State, unit: TimeUnit) -> float:
+    """Time trained, in ``unit``; in epochs the current epoch's batches count as a fraction, so a warm-up in
+    epochs ramps every batch rather than once an epoch."""
+    elapsed = float(state.timestamp.get(unit).value)
+    if unit == TimeUnit.EPOCH and state.dataloader_len:
+        elapsed += int(state.timestamp.batch_in_epoch) / int(state.dataloader_len)
+    return elapsed
 
 
 def _as_time(value: Union[str, Time, float, int]) -> Time:
