@@ -125,6 +125,11 @@ def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise WeightsError(f"Pretrained weights file '{path}' does not exist.")
+    if re.search(r'tf[_-]efficientnet', path):
+        raise WeightsError(f"'{path}' looks like timm's tf_efficientnet weights, ported from TensorFlow: those "
+                           "models pad convolutions as TensorFlow's 'same' and use BatchNorm eps 1e-3, which this "
+                           'architecture does not; their keys match, so they would load and give wrong outputs. Use '
+                           "timm's efficientnet_bN or torchvision's efficientnet_bN weights.")
     try:
         if path.endswith('.safetensors'):
             from safetensors.torch import load_file

@@ -104,6 +104,16 @@ def test_unknown_and_missing_keys_are_named():
         weights.load_pretrained(EfficientNet.from_name('efficientnet_b0'), partial)
 
 
+def test_tensorflow_ported_timm_weights_are_refused_by_name(tmp_path):
+    """timm's tf_efficientnet_bN share the keys of efficientnet_bN but not the padding and eps: refuse them."""
+    folder = tmp_path / 'models--timm--tf_efficientnet_b0.ns_jft_in1k'
+    folder.mkdir()
+    for path in (tmp_path / 'tf_efficientnet_b0_aa-827b6e33.pth', folder / 'model.safetensors'):
+        torch.save(timm.create_model('efficientnet_b0').state_dict(), path)
+        with pytest.raises(weights.WeightsError, match="looks like timm's tf_efficientnet weights"):
+            composer_efficientnet('efficientnet_b0', pretrained=path)
+
+
 @pytest.mark.parametrize('content,message', [
     (b'not a checkpoint', 'Could not read pretrained weights file'),
     (None, 'does not exist'),
