@@ -36,23 +36,28 @@ __all__ = ['build_evaluator', 'checkpoint_to_load', 'evaluate', 'main']
 
 
 def checkpoint_to_load(recipe: Recipe) -> Optional[str]:
-    """The Composer checkpoint whose weights are evaluated: ``load_path``, else (without the model's
-    ``pretrained``) the newest complete checkpoint in the run's local ``save_folder``; ``None`` when
-    ``pretrained`` gives the weights. A :class:`RecipeError` when there are no weights, or two sources."""
+    """The Composer checkpoint whose weights are evaluated: ``load_path``, else the newest complete checkpoint in
+    the run's local ``save_folder``; ``None`` when the model's ``pretrained`` file gives the weights. With
+    ``load_path`` the model is still built from ``pretrained`` first, as in the run that fine-tuned it.
+
+    A :class:`RecipeError` when there are no weights, or when both ``pretrained`` and a checkpoint in
+    ``save_folder`` could be meant.
+    """
     load_path = recipe.settings.get('load_path')
-    pretrained = recipe.model.params.get('pretrained')
-    if load_path and pretrained:
-        raise RecipeError('load_path', f'and model.{recipe.model.name}.pretrained both give weights; keep one')
     if load_path:
         _check_composer_checkpoint(load_path, recipe)
         return load_path
-    if pretrained:
-        return None
+    pretrained = recipe.model.params.get('pretrained')
     save_folder = recipe.settings.get('save_folder')
+    newest = None
     if save_folder and not parse_uri(save_folder)[0]:
         newest = newest_complete_checkpoint(format_name_with_dist(save_folder, recipe.settings.get('run_name', '')))
-        if newest is not None:
-            return newest
+    if newest and pretrained:
+        raise RecipeError('load_path', f'is not set, and both model.{recipe.model.name}.pretrained ({pretrained}) and '
+                          f"the newest checkpoint in save_folder ({newest}) could be the weights: set load_path={newest} "
+                          f'to evaluate the run, or save_folder=null to evaluate {pretrained}')
+    if newest or pretrained:
+        return newest
     raise RecipeError('load_path', f'evaluation needs weights: set load_path=CHECKPOINT (a Composer checkpoint) or '
                       f'model.{recipe.model.name}.pretrained=FILE (torchvision, timm or composer_efficientnet '
                       f"weights){'; save_folder ' + repr(save_folder) + ' holds no checkpoint' if save_folder else ''}")

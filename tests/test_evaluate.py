@@ -63,6 +63,15 @@ def test_without_load_path_the_newest_checkpoint_of_the_save_folder_is_evaluated
     assert round(results['top-1'], 2) == run['printed']['top-1']
 
 
+def test_a_fine_tuned_checkpoint_loads_over_the_pretrained_model_it_started_from(tmp_path, run):
+    """A fine-tuning recipe names its pretrained file; with load_path, the run's checkpoint is what is evaluated."""
+    start = tmp_path / 'start.pth'
+    torch.save(_random_torchvision_b0(seed=0).state_dict(), start)
+    results = _evaluate(tmp_path, f"load_path={run['checkpoint']}", f'model.efficientnet_b0.pretrained={start}')
+    assert results['weights'] == str(run['checkpoint'])
+    assert round(results['top-1'], 2) == run['printed']['top-1']
+
+
 def test_training_sections_are_ignored(tmp_path, run):
     """The training data need not exist where the checkpoint is evaluated; nothing there is built."""
     results = _evaluate(tmp_path, f"load_path={run['checkpoint']}", "train_dataset={imagenet: {datadir: /absent}}",
@@ -84,7 +93,7 @@ def test_a_torchvision_file_evaluates_as_torchvision_does(tmp_path):
     source = _random_torchvision_b0(seed=3)
     path = tmp_path / 'torchvision_b0.pth'
     torch.save(source.state_dict(), path)
-    results = _evaluate(tmp_path, f'model.efficientnet_b0.pretrained={path}')
+    results = _evaluate(tmp_path, f'model.efficientnet_b0.pretrained={path}', 'save_folder=null')
 
     data = build_digits_dataspec(is_train=False, image_size=16, batch_size=128)
     correct, loss_sum, count = 0, 0.0, 0
@@ -118,8 +127,10 @@ def test_weights_that_do_not_fit_are_one_line(tmp_path, run, capsys):
     cases = [
         ([f'load_path={plain}'], f"'{plain}' is not a Composer checkpoint; for a torchvision, timm or plain "
                                  f'state-dict file use model.efficientnet_b0.pretrained={plain} instead'),
-        ([f"load_path={run['checkpoint']}", f'model.efficientnet_b0.pretrained={plain}'],
-         'load_path: and model.efficientnet_b0.pretrained both give weights; keep one'),
+        ([f"save_folder={run['folder']}", f'model.efficientnet_b0.pretrained={plain}'],
+         f"load_path: is not set, and both model.efficientnet_b0.pretrained ({plain}) and the newest checkpoint in "
+         f"save_folder ({run['checkpoint']}) could be the weights: set load_path={run['checkpoint']} to evaluate the "
+         f'run, or save_folder=null to evaluate {plain}'),
         ([f"load_path={run['checkpoint']}", 'model.efficientnet_b0.num_classes=12'],
          "does not fit the recipe's model, efficientnet_b0 (it was written by a run of efficientnet_b0 with "
          'num_classes 10): size mismatch for module.classifier.weight'),
