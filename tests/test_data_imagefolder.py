@@ -12,6 +12,7 @@ from torchvision.transforms import v2
 from composer_efficientnet.data import BUILDERS, NormalizeOnDevice, build_imagenet_dataspec
 from composer_efficientnet.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, ResizeShorterSide, decode_image_bytes,
                                                    image_transform, val_resize_size)
+from composer_efficientnet.recipe import RecipeError, validate
 from tests.data_trees import CLASSES, make_tree
 
 
@@ -50,6 +51,30 @@ def test_val_is_resize_then_center_crop_of_the_decoded_file(tree):
         difference = (images[i].int() - reference.int()).abs()  # torchvision may round via float: within 1
         assert int(difference.max()) <= 1 and float(difference.float().mean()) < 0.5
     assert val_resize_size(224) == 256 and val_resize_size(224, 240) == 240 and val_resize_size(32) == 37
+
+
+def test_bicubic_val_is_torchvisions_bicubic_resize_then_center_crop(tree):
+    """How torchvision and timm evaluated their EfficientNet weights: bicubic, antialiased."""
+    spec = build_imagenet_dataspec(str(tree), is_train=False, crop_size=32, resize_size=36, batch_size=5,
+                                   interpolation='bicubic')
+    images, _ = next(iter(spec.dataloader))
+    for i in range(5):
+        reference = decode_image(read_file(spec.dataloader.dataset.path(i)), mode=ImageReadMode.RGB)
+        reference = v2.functional.resize(reference, 36, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+        reference = v2.functional.center_crop(reference, 32)
+        assert int((images[i].int() - reference.int()).abs().max()) <= 1
+    bilinear, _ = next(iter(build_imagenet_dataspec(str(tree), is_train=False, crop_size=32, resize_size=36,
+                                                    batch_size=5).dataloader))
+    assert not torch.equal(images, bilinear)
+
+
+def test_unknown_interpolation_is_a_recipe_error(tree):
+    config = {'model': {'efficientnet_b0': {}}, 'optimizers': {'sgd': {'lr': 0.1}}, 'max_duration': '1ep',
+              'train_batch_size': 4,
+              'train_dataset': {'imagenet': {'datadir': str(tree), 'interpolation': 'nearest'}}}
+    with pytest.raises(RecipeError, match=r"train_dataset\.imagenet\.interpolation: must be one of 'bilinear', "
+                                          r"'bicubic', got 'nearest'"):
+        validate(config)
 
 
 @pytest.mark.parametrize('shape', [(3, 40, 48), (3, 61, 37)])

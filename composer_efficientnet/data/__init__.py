@@ -18,7 +18,8 @@ from composer_efficientnet.data.synthetic import build_synthetic_dataspec
 from composer_efficientnet.data.transforms import NormalizeOnDevice
 
 __all__ = ['BUILDERS', 'DATA_ERRORS', 'BadSampleReport', 'BadSampleTracker', 'BrokenDatasetError',
-           'CorruptImageError', 'DatasetLayoutError', 'ImageFolderDataset', 'NormalizeOnDevice', 'OptionalDependencyError', 'SplitNotFoundError',
+           'CorruptImageError', 'DatasetLayoutError', 'ImageFolderDataset', 'NormalizeOnDevice',
+           'OptionalDependencyError', 'SplitNotFoundError',
            'build_digits_dataspec', 'build_imagenet_dataspec', 'build_streaming_imagenet_dataspec',
            'build_synthetic_dataspec', 'convert_imagefolder_to_mds']
 

@@ -18,7 +18,7 @@ from composer.core import DataSpec
 from composer_efficientnet.data.errors import OptionalDependencyError, SplitNotFoundError
 from composer_efficientnet.data.imagefolder import SPLITS, scan_split
 from composer_efficientnet.data.loading import loader_kwargs, make_dataspec
-from composer_efficientnet.data.transforms import image_transform
+from composer_efficientnet.data.transforms import Interpolation, image_transform
 
 __all__ = ['MDS_COLUMNS', 'convert_imagefolder_to_mds', 'build_streaming_imagenet_dataspec', 'require_streaming']
 
@@ -101,7 +101,8 @@ def build_streaming_imagenet_dataspec(remote: Optional[str] = None, local: Optio
                                       crop_size: Optional[int] = None, augment: Optional[str] = None,
                                       shuffle: Optional[bool] = None, drop_last: Optional[bool] = None,
                                       strict: bool = False, cache_limit: Optional[str] = None,
-                                      predownload: Optional[int] = None, *, batch_size: int, seed: int = 17,
+                                      predownload: Optional[int] = None, interpolation: Interpolation = 'bilinear',
+                                      *, batch_size: int, seed: int = 17,
                                       dataloader_kwargs: Optional[Dict[str, Any]] = None,
                                       model_resolution: int = 224) -> DataSpec:
     """ImageNet from MDS shards, with the ImageFolder path's transforms and uint8 out of the workers.
@@ -118,7 +119,8 @@ def build_streaming_imagenet_dataspec(remote: Optional[str] = None, local: Optio
     if remote is not None and local is None and not _is_url(remote):
         remote, local = None, remote
     crop_size = model_resolution if crop_size is None else crop_size
-    dataset = StreamingImageDataset(transform=image_transform(is_train, crop_size, resize_size, augment),
+    transform = image_transform(is_train, crop_size, resize_size, augment, interpolation)
+    dataset = StreamingImageDataset(transform=transform,
                                     strict=strict, remote=remote, local=local, split=split,
                                     shuffle=is_train if shuffle is None else shuffle, shuffle_seed=seed,
                                     batch_size=batch_size, cache_limit=cache_limit, predownload=predownload)

@@ -8,7 +8,7 @@ measures both).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Literal, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import RandomResizedCrop as _RandomResizedCropV1
 from torchvision.transforms import v2
 
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'AUGMENTATIONS', 'VAL_CROP_FRACTION', 'NormalizeOnDevice',
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'AUGMENTATIONS', 'VAL_CROP_FRACTION', 'Interpolation', 'NormalizeOnDevice',
            'RandomResizedCropFlip', 'ResizeShorterSide', 'decode_image_bytes', 'resize_uint8', 'image_transform',
            'val_resize_size', 'check_augment']
 
@@ -25,6 +25,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: Validation images are resized so that the center crop keeps this fraction of the shorter side.
 VAL_CROP_FRACTION = 0.875
+
+#: Resampling of every resize: Composer's recipes used bilinear; torchvision's and timm's EfficientNet weights
+#: were evaluated with bicubic.
+Interpolation = Literal['bilinear', 'bicubic']
 
 
 def _autoaugment() -> v2.Transform:
@@ -64,8 +68,8 @@ def _native_uint8_kernel() -> bool:
     return torch.backends.cpu.get_cpu_capability() in ('AVX2', 'AVX512')
 
 
-def resize_uint8(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Antialiased bilinear resize of a uint8 CHW image to ``size`` (height, width), uint8 out.
+def resize_uint8(image: torch.Tensor, size: Tuple[int, int], interpolation: Interpolation = 'bilinear') -> torch.Tensor:
+    """Antialiased resize of a uint8 CHW image to ``size`` (height, width), uint8 out.
 
     On x86 CPUs with AVX2 this runs PyTorch's native uint8 kernel on a channels_last view, about twice as
     fast as ``torchvision.transforms.v2.Resize``, which in torchvision 0.22 converts to float and back on
@@ -73,13 +77,13 @@ def resize_uint8(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """
     batch = image.unsqueeze(0).contiguous(memory_format=torch.channels_last)
     if not _native_uint8_kernel():
-        resized = F.interpolate(batch.float(), size=size, mode='bilinear', antialias=True, align_corners=False)
+        resized = F.interpolate(batch.float(), size=size, mode=interpolation, antialias=True, align_corners=False)
         return resized.round_().clamp_(0, 255).to(torch.uint8)[0]
     if batch.stride(0) != batch.numel():
         # A 1xCxHxW tensor is ambiguously channels_last; give it an explicit batch stride so that interpolate
         # allocates a channels_last output instead of re-packing it (torchvision does the same).
         batch = batch.as_strided(batch.shape, (batch.numel(), *batch.stride()[1:]))
-    return F.interpolate(batch, size=size, mode='bilinear', antialias=True, align_corners=False)[0]
+    return F.interpolate(batch, size=size, mode=interpolation, antialias=True, align_corners=False)[0]
 
 
 class RandomResizedCropFlip(torch.nn.Module):
@@ -87,28 +91,29 @@ class RandomResizedCropFlip(torch.nn.Module):
     horizontal flip with probability 0.5; torchvision's crop distribution, :func:`resize_uint8`'s speed."""
 
     def __init__(self, size: int, scale: Tuple[float, float] = (0.08, 1.0),
-                 ratio: Tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)) -> None:
+                 ratio: Tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+                 interpolation: Interpolation = 'bilinear') -> None:
         super().__init__()
-        self.size, self.scale, self.ratio = size, scale, ratio
+        self.size, self.scale, self.ratio, self.interpolation = size, scale, ratio, interpolation
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         top, left, height, width = _RandomResizedCropV1.get_params(image, list(self.scale), list(self.ratio))
-        crop = resize_uint8(image[:, top:top + height, left:left + width], (self.size, self.size))
+        crop = resize_uint8(image[:, top:top + height, left:left + width], (self.size, self.size), self.interpolation)
         return crop.flip(-1) if torch.rand(()) < 0.5 else crop
 
 
 class ResizeShorterSide(torch.nn.Module):
     """Resize so that the shorter side is ``size``, keeping the aspect ratio (as ``v2.Resize(size)`` does)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, interpolation: Interpolation = 'bilinear') -> None:
         super().__init__()
-        self.size = size
+        self.size, self.interpolation = size, interpolation
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         height, width = image.shape[-2:]
         if height <= width:
-            return resize_uint8(image, (self.size, int(self.size * width / height)))
-        return resize_uint8(image, (int(self.size * height / width), self.size))
+            return resize_uint8(image, (self.size, int(self.size * width / height)), self.interpolation)
+        return resize_uint8(image, (int(self.size * height / width), self.size), self.interpolation)
 
 
 def val_resize_size(crop_size: int, resize_size: int = -1) -> int:
@@ -119,20 +124,22 @@ def val_resize_size(crop_size: int, resize_size: int = -1) -> int:
     return resize_size if resize_size > 0 else int(round(crop_size / VAL_CROP_FRACTION))
 
 
-def image_transform(is_train: bool, crop_size: int, resize_size: int = -1,
-                    augment: Optional[str] = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def image_transform(is_train: bool, crop_size: int, resize_size: int = -1, augment: Optional[str] = None,
+                    interpolation: Interpolation = 'bilinear') -> Callable[[torch.Tensor], torch.Tensor]:
     """The per-image host transform, uint8 CHW in and uint8 CHW out.
 
     Train: random-resized crop to ``crop_size`` (area 8-100%, aspect 3/4-4/3), horizontal flip, then the
     optional ``augment`` policy (torchvision v2); ``resize_size`` is not used, as in Composer's original
     ImageNet recipe. Validation: resize the shorter side to :func:`val_resize_size`, center-crop ``crop_size``.
+    Every resize is antialiased, with ``interpolation``.
     """
     if crop_size < 1:
         raise ValueError(f'crop_size must be a positive number of pixels, got {crop_size}.')
     check_augment(augment)
     if not is_train:
-        return v2.Compose([ResizeShorterSide(val_resize_size(crop_size, resize_size)), v2.CenterCrop(crop_size)])
-    steps = [RandomResizedCropFlip(crop_size)]
+        return v2.Compose([ResizeShorterSide(val_resize_size(crop_size, resize_size), interpolation),
+                           v2.CenterCrop(crop_size)])
+    steps = [RandomResizedCropFlip(crop_size, interpolation=interpolation)]
     if augment is not None:
         steps.append(AUGMENTATIONS[augment]())
     return v2.Compose(steps)
