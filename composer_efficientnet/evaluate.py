@@ -28,7 +28,7 @@ from composer_efficientnet.callbacks.checkpointing import newest_complete_checkp
 from composer_efficientnet.data import DATA_ERRORS
 from composer_efficientnet.data.errors import message_of
 from composer_efficientnet.recipe import Recipe, RecipeError, load_recipe, validate
-from composer_efficientnet.resume import stored_identity
+from composer_efficientnet.resume import check_checkpoint, checkpoint_must_fit
 from composer_efficientnet.runner import (build_data, held_out_metrics, ignore_short_last_batch_warnings,
                                          run_settings)
 
@@ -45,37 +45,23 @@ def checkpoint_to_load(recipe: Recipe) -> Optional[str]:
     """
     load_path = recipe.settings.get('load_path')
     if load_path:
-        _check_composer_checkpoint(load_path, recipe)
+        check_checkpoint(load_path, recipe)
         return load_path
     pretrained = recipe.model.params.get('pretrained')
     save_folder = recipe.settings.get('save_folder')
-    newest = None
-    if save_folder and not parse_uri(save_folder)[0]:
+    newest, newest_searched = None, bool(save_folder and not parse_uri(save_folder)[0])
+    if newest_searched:
         newest = newest_complete_checkpoint(format_name_with_dist(save_folder, recipe.settings.get('run_name', '')))
     if newest and pretrained:
         raise RecipeError('load_path', f'is not set, and both model.{recipe.model.name}.pretrained ({pretrained}) and '
-                          f"the newest checkpoint in save_folder ({newest}) could be the weights: set load_path={newest} "
-                          f'to evaluate the run, or save_folder=null to evaluate {pretrained}')
+                          f'the newest checkpoint in save_folder ({newest}) could be the weights: set '
+                          f'load_path={newest} to evaluate the run, or save_folder=null to evaluate {pretrained}')
     if newest or pretrained:
         return newest
+    searched = f'; save_folder {save_folder!r} holds no checkpoint' if newest_searched else ''
     raise RecipeError('load_path', f'evaluation needs weights: set load_path=CHECKPOINT (a Composer checkpoint) or '
                       f'model.{recipe.model.name}.pretrained=FILE (torchvision, timm or composer_efficientnet '
-                      f"weights){'; save_folder ' + repr(save_folder) + ' holds no checkpoint' if save_folder else ''}")
-
-
-def _check_composer_checkpoint(path: str, recipe: Recipe) -> None:
-    if parse_uri(path)[0]:
-        return  # a remote checkpoint is Composer's to download
-    if not os.path.isfile(path):
-        raise RecipeError('load_path', f"file '{path}' does not exist")
-    try:
-        checkpoint = torch.load(path, map_location='cpu', mmap=True, weights_only=False)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise RecipeError('load_path', f"cannot read checkpoint '{path}': {error}") from None
-    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get('state'), dict)
-            and 'model' in checkpoint['state']):
-        raise RecipeError('load_path', f"'{path}' is not a Composer checkpoint; for a torchvision, timm or plain "
-                          f'state-dict file use model.{recipe.model.name}.pretrained={path} instead')
+                      f'weights){searched}')
 
 
 def build_evaluator(recipe: Recipe) -> Trainer:
@@ -85,28 +71,11 @@ def build_evaluator(recipe: Recipe) -> Trainer:
     eval_data = build_data(recipe, recipe.val_dataset, recipe.settings['eval_batch_size'])
     reproducibility.seed_all(recipe.settings.get('seed', 17))
     model = recipe.model.build()
-    try:
-        with warnings.catch_warnings():  # Composer makes an optimizer, never stepped here, and says so
-            warnings.filterwarnings('ignore', message='No optimizer was specified')
-            return Trainer(model=model, eval_dataloader=eval_data,
-                           algorithms=[entry.build() for entry in recipe.algorithms],
-                           **{**run_settings(recipe), 'load_path': checkpoint, 'load_weights_only': True})
-    except RuntimeError as error:
-        if checkpoint is None or 'Error(s) in loading state_dict' not in str(error):
-            raise
-        raise RecipeError('load_path', _misfit(checkpoint, recipe, error)) from error
-
-
-def _misfit(path: str, recipe: Recipe, error: RuntimeError) -> str:
-    details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
-    detail = details[0] if details else str(error)
-    detail = detail if len(detail) <= 240 else detail[:240] + ' ...'
-    stored = stored_identity(path) if not parse_uri(path)[0] else None
-    written_by = (f" (it was written by a run of {stored['model']} with num_classes {stored.get('model.num_classes')})"
-                  if stored and 'model' in stored else '')
-    return (f"'{path}' does not fit the recipe's model, {recipe.model.name}{written_by}: {detail}; the model, "
-            'its num_classes and the algorithms that change the model (blurpool, squeeze_excite, ...) must be those '
-            'of the run that wrote it')
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='No optimizer was specified')  # made by Composer, never stepped
+        return checkpoint_must_fit(recipe, checkpoint, lambda: Trainer(
+            model=model, eval_dataloader=eval_data, algorithms=[entry.build() for entry in recipe.algorithms],
+            **{**run_settings(recipe), 'load_path': checkpoint, 'load_weights_only': True}))
 
 
 def evaluate(trainer: Trainer) -> Dict[str, float]:
@@ -116,10 +85,10 @@ def evaluate(trainer: Trainer) -> Dict[str, float]:
     return {**metrics, 'images': int(trainer.state.eval_timestamp.sample)}
 
 
-def _record(recipe: Recipe, source: str, results: Dict[str, float]) -> Dict[str, Any]:
+def _record(recipe: Recipe, trainer: Trainer, source: str, results: Dict[str, float]) -> Dict[str, Any]:
     return {'model': recipe.model.name, 'model_params': recipe.model.params, 'weights': source,
             'val_dataset': {recipe.val_dataset.name: recipe.val_dataset.params},
-            'eval_batch_size': recipe.settings['eval_batch_size'], 'precision': recipe.precision,
+            'eval_batch_size': recipe.settings['eval_batch_size'], 'precision': trainer.state.precision.value,
             'processes': recipe.world_size, **results,
             'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
             'versions': {'composer_efficientnet': composer_efficientnet.__version__, 'torch': torch.__version__}}
@@ -135,6 +104,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--debug', action='store_true', help='show tracebacks instead of one-line errors')
     args = parser.parse_args(argv)
     ignore_short_last_batch_warnings()
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        print(f"composer-efficientnet: --json: folder '{os.path.dirname(args.json)}' does not exist", file=sys.stderr)
+        return 2
     try:
         recipe = validate(load_recipe(args.recipe, args.overrides), world_size=dist.get_world_size(), purpose='eval')
         trainer = build_evaluator(recipe)
@@ -158,7 +130,7 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"cross-entropy: {results['cross-entropy']:.4f}", flush=True)
         if args.json:
             with open(args.json, 'w') as file:
-                json.dump(_record(recipe, source, results), file, indent=2)
+                json.dump(_record(recipe, trainer, source, results), file, indent=2)
     return 0
 
 

@@ -125,12 +125,30 @@ def load_recipe(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) ->
         if not sep or not key:
             raise RecipeError(override, "an override is written key=value, e.g. 'max_duration=2ep' or "
                               "'optimizers.rmsprop.lr=0.1'")
+        key = _by_position(config, key)
         try:  # a one-entry section given whole replaces the recipe's: merged, it would hold two entries
             OmegaConf.update(config, key, yaml.safe_load(raw) if raw else None, merge=key not in _SINGLE,
                              force_add=True)
-        except (yaml.YAMLError, OmegaConfBaseException) as error:
+        except (yaml.YAMLError, OmegaConfBaseException, TypeError, ValueError) as error:
             raise RecipeError(key, f'cannot apply override {override!r}: {str(error).splitlines()[0]}') from None
     return OmegaConf.to_container(config, resolve=True)
+
+
+def _by_position(config: Any, key: str) -> str:
+    """``algorithms.label_smoothing.smoothing`` as ``algorithms.1.label_smoothing.smoothing``: list sections'
+    entries can be named in an override, as mapping sections' are."""
+    section, _, rest = key.partition('.')
+    name = rest.split('.')[0]
+    entries = config.get(section)
+    if section not in _MANY or not name or name.isdigit() or not OmegaConf.is_list(entries):
+        return key
+    names = [next(iter(entry)) if OmegaConf.is_dict(entry) and len(entry) == 1 else entry for entry in entries]
+    if names.count(name) != 1:
+        found = 'no entry' if name not in names else f'{names.count(name)} entries'
+        listed = ', '.join(map(str, names)) or 'none'
+        raise RecipeError(key, f"{section} has {found} named '{name}' (it has: {listed}); name an entry it has "
+                          f'once, or give its position ({section}.0...)')
+    return f'{section}.{names.index(name)}.{rest}'
 
 
 def validate(config: Dict[str, Any], world_size: int = 1, purpose: Literal['train', 'eval'] = 'train') -> Recipe:
@@ -163,6 +181,10 @@ def validate(config: Dict[str, Any], world_size: int = 1, purpose: Literal['trai
     _check_dataloader(recipe.settings.get('dataloader', {}))
     recipe.precision = _precision(recipe.settings.get('precision'))
     _check_device(recipe.settings.get('device'))
+    _check_autoresume(recipe.settings)
+    level = recipe.settings.get('python_log_level')
+    if level is not None and level.upper() not in _LOG_LEVELS:
+        raise RecipeError('python_log_level', f'unknown level {level!r}; valid: {", ".join(_LOG_LEVELS).lower()}')
     if recipe.settings.get('cudnn_benchmark') and recipe.settings.get('deterministic_mode'):
         raise RecipeError('cudnn_benchmark', 'true picks convolution algorithms by timing them, which '
                           'deterministic_mode: true forbids; set one of them to false')
@@ -290,7 +312,7 @@ def _check_batches(recipe: Recipe) -> None:
 
 
 def _check_times(settings: Dict[str, Any]) -> None:
-    for key in ('max_duration', 'eval_interval'):
+    for key in ('max_duration', 'eval_interval', 'console_log_interval'):
         value = settings.get(key)
         if isinstance(value, str):
             try:
@@ -323,6 +345,17 @@ def _check_dataloader(options: Dict[str, Any]) -> None:
         types = DATALOADER_KEYS[name]
         if not isinstance(value, types) or (isinstance(value, bool) and types is not bool):
             raise RecipeError(f'dataloader.{name}', f'must be {getattr(types, "__name__", "a number")}, got {value!r}')
+
+
+_LOG_LEVELS = ('CRITICAL', 'ERROR', 'WARNING', 'INFO', 'DEBUG')
+
+
+def _check_autoresume(settings: Dict[str, Any]) -> None:
+    if settings.get('autoresume'):
+        missing = [key for key in ('save_folder', 'run_name') if not settings.get(key)]
+        if missing:
+            raise RecipeError('autoresume', f'true needs {" and ".join(missing)}: a run resumes from the checkpoints '
+                              'in save_folder of the run with that run_name')
 
 
 def _precision(name: Optional[str]) -> Optional[str]:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 import torch
 from composer.core import Timestamp
 from composer.utils import dist, ensure_folder_has_no_conflicting_files, format_name_with_dist, parse_uri
+from torch.nn.parallel import DistributedDataParallel
 
 from composer_efficientnet.callbacks.checkpointing import (CHECKPOINT_FILENAME, LATEST_FILENAME,
                                                            AtomicCheckpointSaver, checkpoint_pattern,
@@ -23,8 +25,11 @@ from composer_efficientnet.callbacks.checkpointing import (CHECKPOINT_FILENAME, 
 from composer_efficientnet.efficientnet import canonical_name
 from composer_efficientnet.recipe import Entry, Recipe, RecipeError
 
-__all__ = ['ResumeMismatchError', 'checkpoint_savers', 'check_autoresume', 'check_no_earlier_run', 'run_identity',
-           'stored_identity']
+__all__ = ['ResumeMismatchError', 'checkpoint_savers', 'check_autoresume', 'check_checkpoint', 'check_no_earlier_run',
+           'checkpoint_must_fit', 'run_identity', 'stored_identity']
+
+
+T = TypeVar('T')
 
 
 class ResumeMismatchError(RecipeError):
@@ -142,3 +147,58 @@ def check_no_earlier_run(recipe: Recipe) -> None:
         raise RecipeError('save_folder', f"'{folder}' holds checkpoints of an earlier run ({', '.join(found[:3])}"
                           f"{', ...' if len(found) > 3 else ''}); set autoresume: true and a run_name to continue "
                           'it, save_overwrite: true to write over it, or choose another save_folder') from None
+
+
+def check_checkpoint(path: str, recipe: Recipe) -> None:
+    """Stop with a :class:`RecipeError` unless a local ``load_path`` is a readable Composer checkpoint; a
+    torchvision, timm or plain state-dict file is pointed to the model's ``pretrained``."""
+    if parse_uri(path)[0]:
+        return  # a remote checkpoint is Composer's to download
+    if not os.path.isfile(path):
+        raise RecipeError('load_path', f"file '{path}' does not exist")
+    try:
+        checkpoint = torch.load(path, map_location='cpu', mmap=True, weights_only=False)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise RecipeError('load_path', f"cannot read checkpoint '{path}': {error}") from None
+    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get('state'), dict)
+            and 'model' in checkpoint['state']):
+        raise RecipeError('load_path', f"'{path}' is not a Composer checkpoint; for a torchvision, timm or plain "
+                          f'state-dict file use model.{recipe.model.name}.pretrained={path} instead')
+
+
+def checkpoint_must_fit(recipe: Recipe, path: Optional[str], build: Callable[[], T]) -> T:
+    """``build()``, a Trainer that loads the checkpoint ``path``, checked: a checkpoint that does not fit the recipe's
+    model (another member or ``num_classes``, an algorithm that changes the model added or left out) is a
+    :class:`RecipeError` naming the first mismatch. Composer's resume loads a model whose keys the checkpoint lacks
+    without a word (torch 2.7's ``set_model_state_dict``), leaving those weights as initialized; this catches it."""
+    try:
+        trainer = build()
+    except (RuntimeError, KeyError) as error:
+        if path is None or not (isinstance(error, KeyError) or 'Error(s) in loading state_dict' in str(error)):
+            raise
+        details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+        detail = (details[0] if details else f'{error} not in the checkpoint' if isinstance(error, KeyError)
+                  else str(error))
+        raise RecipeError('load_path', _misfit(path, recipe, detail)) from error
+    if path is not None and not parse_uri(path)[0]:
+        model = trainer.state.model
+        model = model.module if isinstance(model, DistributedDataParallel) else model
+        stored = torch.load(path, map_location='cpu', mmap=True, weights_only=False)['state']['model']
+        expected = model.state_dict().keys()
+        mismatches = {'missing': sorted(expected - stored.keys()), 'unexpected': sorted(stored.keys() - expected)}
+        if any(mismatches.values()):
+            trainer.close()
+            detail = '; '.join(f'{what} key(s) {", ".join(keys[:3])}{" ..." if len(keys) > 3 else ""}'
+                               for what, keys in mismatches.items() if keys)
+            raise RecipeError('load_path', _misfit(path, recipe, detail))
+    return trainer
+
+
+def _misfit(path: str, recipe: Recipe, detail: str) -> str:
+    detail = detail if len(detail) <= 240 else detail[:240] + ' ...'
+    stored = stored_identity(path) if not parse_uri(path)[0] else None
+    written_by = (f" (it was written by a run of {stored['model']} with num_classes {stored.get('model.num_classes')})"
+                  if stored and 'model' in stored else '')
+    return (f"'{path}' does not fit the recipe's model, {recipe.model.name}{written_by}: {detail}; the model, its "
+            'num_classes and the algorithms that change the model (blurpool, squeeze_excite, ...) must be those of '
+            'the run that wrote it')

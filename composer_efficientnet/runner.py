@@ -11,7 +11,7 @@ from composer import Trainer
 from composer.core import DataSpec
 from composer.loggers import ConsoleLogger, ProgressBarLogger
 
-from composer_efficientnet.recipe import Entry, Recipe
+from composer_efficientnet.recipe import Entry, Recipe, RecipeError
 
 __all__ = ['device_and_precision', 'configure_cudnn', 'build_data', 'run_settings', 'held_out_metrics',
            'ignore_short_last_batch_warnings']
@@ -33,6 +33,9 @@ def device_and_precision(recipe: Recipe) -> Tuple[str, Optional[str]]:
     falls back to fp32 with one warning line."""
     device = recipe.settings.get('device') or ('gpu' if torch.cuda.is_available() else 'cpu')
     device = next(iter(device)) if isinstance(device, dict) else device
+    if device == 'gpu' and not torch.cuda.is_available():
+        raise RecipeError('device', 'gpu, but torch sees no CUDA device here (torch.cuda.is_available() is False); '
+                          'set device: cpu, or leave device out to use a GPU when there is one')
     precision = recipe.precision
     if device == 'cpu' and precision and precision.startswith('amp'):
         print(f"warning: precision {recipe.settings['precision']} needs a GPU; this CPU run uses fp32.",
@@ -78,8 +81,8 @@ _REPORTED_METRICS = {'MulticlassAccuracy': 'top-1', 'Top5Accuracy': 'top-5', 'Cr
 
 
 def held_out_metrics(trainer: Trainer) -> Dict[str, Dict[str, float]]:
-    """The last evaluation's top-1 and top-5 (percent) and cross-entropy, by evaluation label; every process
-    must call it, since computing a metric reduces it across processes."""
+    """The last evaluation's top-1 and top-5 (percent) and cross-entropy, by evaluation label, leaving out what
+    no evaluation updated; every process must call it, since computing a metric reduces it across processes."""
     return {label: {_REPORTED_METRICS[name]: float(metric.compute()) * (1 if name == 'CrossEntropy' else 100)
-                    for name, metric in metrics.items() if name in _REPORTED_METRICS}
+                    for name, metric in metrics.items() if name in _REPORTED_METRICS and metric.update_called}
             for label, metrics in trainer.state.eval_metrics.items()}

@@ -19,7 +19,8 @@ from composer_efficientnet.callbacks import CheckpointWriteError, DivergenceErro
 from composer_efficientnet.data import DATA_ERRORS, BadSampleReport
 from composer_efficientnet.data.errors import message_of
 from composer_efficientnet.recipe import Recipe, RecipeError, load_recipe, validate
-from composer_efficientnet.resume import check_autoresume, check_no_earlier_run, checkpoint_savers
+from composer_efficientnet.resume import (check_autoresume, check_checkpoint, check_no_earlier_run, checkpoint_must_fit,
+                                         checkpoint_savers)
 from composer_efficientnet.runner import (build_data, held_out_metrics, ignore_short_last_batch_warnings,
                                          run_settings)
 from composer_efficientnet.trainer import SyncFreeTrainer
@@ -36,7 +37,9 @@ def build_trainer(recipe: Recipe) -> Trainer:
     settings = recipe.settings
     train_data = build_data(recipe, recipe.train_dataset, settings['train_batch_size'])
     eval_data = build_data(recipe, recipe.val_dataset, settings['eval_batch_size']) if recipe.val_dataset else None
-    check_autoresume(recipe)  # a changed recipe stops here, before a model is built
+    if settings.get('load_path'):
+        check_checkpoint(settings['load_path'], recipe)
+    resumed = check_autoresume(recipe)  # a changed recipe stops here, before a model is built
     check_no_earlier_run(recipe)
     reproducibility.seed_all(settings.get('seed', 17))  # the model's initialization follows the seed, on every rank
     model = recipe.model.build()
@@ -44,14 +47,14 @@ def build_trainer(recipe: Recipe) -> Trainer:
     microbatch = 'auto' if accum == 'auto' else (
         settings['train_batch_size'] // recipe.world_size // accum if accum else None)
     trainer_class = SyncFreeTrainer if settings.get('sync_free', True) else Trainer
-    return trainer_class(
+    return checkpoint_must_fit(recipe, resumed or settings.get('load_path'), lambda: trainer_class(
         model=model, train_dataloader=train_data, eval_dataloader=eval_data,
         optimizers=recipe.optimizer.build(model.parameters()),
         schedulers=[entry.build() for entry in recipe.schedulers],
         algorithms=[entry.build() for entry in recipe.algorithms],
         callbacks=[BadSampleReport(), SyncBuffers(), *(entry.build() for entry in recipe.callbacks),
                    *checkpoint_savers(recipe)],
-        max_duration=settings['max_duration'], device_train_microbatch_size=microbatch, **run_settings(recipe))
+        max_duration=settings['max_duration'], device_train_microbatch_size=microbatch, **run_settings(recipe)))
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -111,6 +114,11 @@ def _fit(trainer: Trainer, debug: bool) -> int:
     if trainer.state.load_path is not None:
         print(f'{_rank_prefix()}resumed from {trainer.state.load_path} at step {int(trainer.state.timestamp.batch)}',
               flush=True)
+    if (trainer.state.get_elapsed_duration() or 0) >= 1:  # a rerun of a finished run, e.g. a scheduler's retry
+        print(f'{_rank_prefix()}the run is complete: max_duration {trainer.state.max_duration} reached at step '
+              f'{int(trainer.state.timestamp.batch)}; nothing to train (raise max_duration to train on)', flush=True)
+        trainer.close()
+        return 0
     try:
         trainer.fit()
     except DivergenceError as error:

@@ -119,6 +119,21 @@ def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
                        f'are: {_some(list(state_dict)[:8])}')
 
 
+def _composer_checkpoint_globals() -> list:
+    """The plain types besides tensors in a Composer checkpoint (time spans, versions, the numpy random state),
+    allowed while reading one with ``weights_only``, which still refuses any code in a file."""
+    import datetime
+
+    import numpy as np
+    from torch.torch_version import TorchVersion
+    multiarray = getattr(np, '_core', None) or np.core
+    dtypes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith('DType')]
+    return [datetime.timedelta, TorchVersion, np.dtype, np.ndarray, multiarray.multiarray._reconstruct, *dtypes]
+
+
+_COMPOSER_CHECKPOINT_GLOBALS = _composer_checkpoint_globals()
+
+
 def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
     """Read a state dict from a ``.pth``/``.pt``/``.bin`` or ``.safetensors`` file, unwrapping the usual
     containers (``state_dict``, ``model``, a Composer checkpoint's ``state.model`` and ``module.`` prefixes)."""
@@ -135,7 +150,8 @@ def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
             from safetensors.torch import load_file
             loaded = load_file(path)
         else:
-            loaded = torch.load(path, map_location='cpu', weights_only=True)
+            with torch.serialization.safe_globals(_COMPOSER_CHECKPOINT_GLOBALS):
+                loaded = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as error:  # noqa: BLE001 - any reader failure means the same thing to the user
         raise WeightsError(f"Could not read pretrained weights file '{path}': {error}") from None
     for container in ('state', 'model', 'state_dict'):

@@ -154,11 +154,25 @@ TABLE: List[BadInput] = [
              r"save_folder: 'checkpoints' holds checkpoints of an earlier run \(ep1-ba23-rank0.pt\); set "
              r'autoresume: true and a run_name to continue it, save_overwrite: true to write over it, or choose '
              r'another save_folder'),
+    recipe('autoresume without a run_name', with_run(autoresume=True),
+           r'autoresume: true needs run_name: a run resumes from the checkpoints in save_folder of the run with that '
+           r'run_name'),
+    recipe('unknown python_log_level', with_run(python_log_level='loud'),
+           r"python_log_level: unknown level 'loud'; valid: critical, error, warning, info, debug"),
+    recipe('bad console_log_interval', with_run(console_log_interval='often'),
+           r"console_log_interval: must be a Composer time .* 'often'"),
+    *([] if torch.cuda.is_available() else [recipe('device gpu without one', with_run(device='gpu'),
+                                                   r'device: gpu, but torch sees no CUDA device here')]),
     # Overrides on the command line.
     override('override without =', ['max_duration'], r"max_duration: an override is written key=value"),
     override('override of an unknown parameter', ['optimizers.sgd.lrr=0.1'],
              r"optimizers.sgd.lrr: unknown parameter \(did you mean 'lr'\?\)"),
     override('override of the wrong type', ['seed=[1, 2]'], r'seed: must be int, got \[1, 2\]'),
+    override('override of a list entry it does not have', ['algorithms.blurpool.replace_convs=false'],
+             r"algorithms.blurpool.replace_convs: algorithms has no entry named 'blurpool'"),
+    override('load_path that does not exist', ['load_path=absent.pt'], r"load_path: file 'absent.pt' does not exist"),
+    override('load_path that is not a Composer checkpoint', [f'load_path={__file__}'],
+             r"load_path: cannot read checkpoint '.*bad_inputs.py'"),
     override('override into a scalar', ['max_duration.epochs=3'],
              r"max_duration: must be str or int, got \{'epochs': 3\}"),
     # Data trees.
@@ -195,6 +209,9 @@ TABLE: List[BadInput] = [
     cli('train without a recipe', lambda tmp: ['train'], r'the following arguments are required: recipe'),
     cli('train with an unknown option', lambda tmp: ['train', write_recipe(tmp, RUN), '--resume'],
         r'unrecognized arguments: --resume'),
+    cli('eval --json into a missing folder', lambda tmp: ['eval', write_recipe(tmp, RUN), '--json',
+                                                          str(tmp / 'missing' / 'results.json')],
+        r"--json: folder '.*missing' does not exist", usage=False),
     cli('missing recipe file', lambda tmp: ['train', str(tmp / 'nope.yaml')], r"recipe: file '.*nope.yaml' does not "
         r'exist', usage=False),
     cli('convert without --src', lambda tmp: ['convert-dataset', '--out', str(tmp / 'out')],

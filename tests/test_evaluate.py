@@ -57,6 +57,11 @@ def test_a_runs_checkpoint_evaluates_to_the_runs_own_held_out_figures(tmp_path, 
     assert f"top-1: {results['top-1']:.2f}%" in out and f'{HELD_OUT_IMAGES} held-out images' in out
 
 
+def test_the_record_names_the_precision_the_evaluation_ran_in(tmp_path, run):
+    results = _evaluate(tmp_path, f"load_path={run['checkpoint']}", 'precision=amp_bf16')
+    assert results['precision'] == 'fp32'  # a CPU run falls back
+
+
 def test_without_load_path_the_newest_checkpoint_of_the_save_folder_is_evaluated(tmp_path, run):
     results = _evaluate(tmp_path, f"save_folder={run['folder']}")
     assert results['weights'] == str(run['checkpoint'])

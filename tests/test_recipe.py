@@ -121,6 +121,18 @@ def test_a_one_entry_section_given_whole_replaces_the_recipes(tmp_path):
     assert (recipe.optimizer.name, recipe.model.name) == ('adamw', 'efficientnet_b1')
 
 
+def test_list_section_entries_are_overridden_by_name_or_position(tmp_path):
+    recipe = with_changes(algorithms=[{'label_smoothing': {'smoothing': 0.1}}, {'channels_last': {}}])
+    config = load_recipe(write(tmp_path, recipe), ['algorithms.label_smoothing.smoothing=0.2',
+                                                   'algorithms.1.channels_last={}',
+                                                   'schedulers.cosine_decay_with_warmup.t_warmup=2ep'])
+    assert config['algorithms'] == [{'label_smoothing': {'smoothing': 0.2}}, {'channels_last': {}}]
+    assert config['schedulers'] == [{'cosine_decay_with_warmup': {'t_warmup': '2ep'}}]
+    with pytest.raises(RecipeError, match=r"algorithms.blurpool.replace_convs: algorithms has no entry named "
+                                          r"'blurpool' \(it has: label_smoothing, channels_last\); name an entry"):
+        load_recipe(write(tmp_path, recipe), ['algorithms.blurpool.replace_convs=false'])
+
+
 @pytest.mark.parametrize('legacy,modern', [('AMP', 'amp_fp16'), ('FP32', 'fp32'), ('BF16', 'amp_bf16')])
 def test_legacy_precisions(legacy, modern):
     assert validate(with_changes(precision=legacy)).precision == modern

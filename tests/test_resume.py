@@ -25,7 +25,7 @@ import pytest
 import torch
 from composer.core import Callback
 
-from composer_efficientnet import train
+from composer_efficientnet import composer_efficientnet, train
 from composer_efficientnet.callbacks import AtomicCheckpointSaver
 from composer_efficientnet.callbacks.checkpointing import (PARTIAL_PREFIX, is_complete_checkpoint,
                                                            newest_complete_checkpoint)
@@ -312,3 +312,40 @@ def test_checkpoints_record_the_recipe(resumable):
 
 if __name__ == '__main__':
     sys.exit(_probe_main(sys.argv[1], sys.argv[2:]))
+
+
+def test_rerunning_a_finished_run_trains_nothing_and_succeeds(resumable, capsys):
+    """A scheduler's retry of a run that already reached max_duration: exit 0, one line, nothing written."""
+    before = _snapshot(resumable / 'checkpoints')
+    assert _tiny_main(resumable) == 0
+    out = capsys.readouterr().out
+    assert 'the run is complete: max_duration 1ba reached at step 1; nothing to train (raise max_duration to train ' \
+           'on)' in out
+    assert _snapshot(resumable / 'checkpoints') == before
+
+
+def test_resuming_with_an_algorithm_that_changes_the_model_is_one_line(resumable, tmp_path, capsys):
+    run = tmp_path / 'copy'
+    shutil.copytree(resumable / 'checkpoints', run / 'checkpoints', symlinks=True)
+    assert _tiny_main(run, algorithms=[{'blurpool': {}}], max_duration='2ba') == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"composer-efficientnet: recipe error: load_path: '{run / 'checkpoints' / 'ep0-ba1-rank0.pt'}"
+                          f"' does not fit the recipe's model, efficientnet_b0 (it was written by a run of "
+                          'efficientnet_b0 with num_classes 10): missing key(s) '
+                          'module.stages.1.0.depthwise.conv.blur_filter'), err
+
+
+def test_a_run_fine_tunes_onto_new_classes_from_its_checkpoint(resumable, tmp_path, capsys):
+    """load_path loads the whole model, so a new head is a one-line error that names the way that works: the
+    checkpoint as the model's pretrained file, which keeps everything but the classifier."""
+    checkpoint = resumable / 'checkpoints' / 'ep0-ba1-rank0.pt'
+    new_head = {'model': {'efficientnet_b0': {'num_classes': 3}}, 'autoresume': False, 'run_name': 'new',
+                'save_folder': None}
+    assert _tiny_main(tmp_path, load_path=str(checkpoint), load_weights_only=True, **new_head) == 2
+    assert 'size mismatch for module.classifier.weight' in capsys.readouterr().err
+    model = composer_efficientnet('efficientnet_b0', num_classes=3, pretrained=checkpoint)
+    trained = torch.load(checkpoint, map_location='cpu', weights_only=False)['state']['model']
+    for name, value in model.state_dict().items():
+        if not name.startswith('module.classifier.'):
+            assert torch.equal(value, trained[name]), name

@@ -29,6 +29,13 @@ def test_quickstart_recipe_runs_and_reports(tmp_path, capsys):
     assert glob.glob(str(save_folder / 'ep0-ba2-rank0.pt'))
 
 
+def test_no_held_out_figures_without_an_evaluation(capsys):
+    assert train.main([os.path.join(RECIPES, 'quickstart.yaml'), *QUICK, 'max_duration=1ba', 'eval_interval=0',
+                       'save_folder=null', 'callbacks=[]']) == 0
+    out = capsys.readouterr().out
+    assert 'held-out' not in out, out  # it said 0.00% for metrics no evaluation had updated
+
+
 def test_mixed_precision_on_cpu_falls_back_with_one_warning(tmp_path, capsys):
     code = train.main([os.path.join(RECIPES, 'quickstart.yaml'), *QUICK, 'precision=AMP', 'save_folder=null',
                        'callbacks=[]', 'val_dataset=null'])
