@@ -110,17 +110,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         recipe = validate(load_recipe(args.recipe, args.overrides), world_size=dist.get_world_size(), purpose='eval')
         trainer = build_evaluator(recipe)
-    except RecipeError as error:
-        if args.debug:
-            raise
-        print(f'composer-efficientnet: recipe error: {str(error).splitlines()[0]}', file=sys.stderr)
-        return 2
-    try:
         results = evaluate(trainer)
-    except DATA_ERRORS as error:
+    except (RecipeError, *DATA_ERRORS) as error:
         if args.debug:
             raise
-        print(f'composer-efficientnet: {message_of(error)}', file=sys.stderr)
+        kind = 'recipe error: ' if isinstance(error, RecipeError) else ''
+        print(f'composer-efficientnet: {kind}{message_of(error)}', file=sys.stderr)
         return 2
     source = trainer.state.load_path or recipe.model.params['pretrained']
     trainer.close()
