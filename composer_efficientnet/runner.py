@@ -65,7 +65,8 @@ def run_settings(recipe: Recipe) -> Dict[str, Any]:
     settings = recipe.settings
     device, precision = device_and_precision(recipe)
     configure_cudnn(settings, device)
-    loggers = [entry.build() for entry in recipe.loggers]
+    hidden = settings.get('progress_bar') is False  # also the progress_bar logger a recipe lists
+    loggers = [entry.build() for entry in recipe.loggers if not (hidden and entry.name == 'progress_bar')]
     compile_config = {} if settings.get('compile') is True else settings.get('compile') or None
     return dict(
         device=device, precision=precision, seed=settings.get('seed', 17), loggers=loggers,

@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 import yaml
+from composer.loggers import ProgressBarLogger
 
 from composer_efficientnet import runner, train
 from composer_efficientnet.efficientnet import MEMBERS
@@ -34,6 +35,14 @@ def test_no_held_out_figures_without_an_evaluation(capsys):
                        'save_folder=null', 'callbacks=[]']) == 0
     out = capsys.readouterr().out
     assert 'held-out' not in out, out  # it said 0.00% for metrics no evaluation had updated
+
+
+@pytest.mark.parametrize('progress_bar, shown', [(None, True), (False, False)])
+def test_progress_bar_false_hides_a_listed_progress_bar_logger(progress_bar, shown):
+    overrides = [] if progress_bar is None else [f'progress_bar={str(progress_bar).lower()}']
+    recipe = validate(load_recipe(os.path.join(RECIPES, 'synthetic_benchmark.yaml'), overrides))
+    loggers = runner.run_settings(recipe)['loggers']
+    assert any(isinstance(logger, ProgressBarLogger) for logger in loggers) == shown
 
 
 def test_mixed_precision_on_cpu_falls_back_with_one_warning(tmp_path, capsys):
