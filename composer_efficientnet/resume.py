@@ -16,7 +16,8 @@ from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 import torch
 from composer.core import Timestamp
-from composer.utils import dist, ensure_folder_has_no_conflicting_files, format_name_with_dist, parse_uri
+from composer.utils import (dist, ensure_folder_has_no_conflicting_files, format_name_with_dist, is_compressed_pt,
+                            parse_uri)
 from torch.nn.parallel import DistributedDataParallel
 
 from composer_efficientnet.callbacks.checkpointing import (CHECKPOINT_FILENAME, LATEST_FILENAME,
@@ -149,21 +150,34 @@ def check_no_earlier_run(recipe: Recipe) -> None:
                           'it, save_overwrite: true to write over it, or choose another save_folder') from None
 
 
+def _local_file(path: str, recipe: Recipe) -> Optional[str]:
+    """The local file Composer loads for ``path`` (its ``{run_name}`` and ``{rank}`` filled in), or ``None`` for one
+    it downloads."""
+    return None if parse_uri(path)[0] else format_name_with_dist(path, recipe.settings.get('run_name') or '')
+
+
+def _readable(local: str) -> bool:
+    return not (is_compressed_pt(local) or local.endswith('.tar'))  # those Composer unpacks itself
+
+
 def check_checkpoint(path: str, recipe: Recipe) -> None:
     """Stop with a :class:`RecipeError` unless a local ``load_path`` is a readable Composer checkpoint; a
     torchvision, timm or plain state-dict file is pointed to the model's ``pretrained``."""
-    if parse_uri(path)[0]:
+    local = _local_file(path, recipe)
+    if local is None:
         return  # a remote checkpoint is Composer's to download
-    if not os.path.isfile(path):
-        raise RecipeError('load_path', f"file '{path}' does not exist")
+    if not os.path.isfile(local):
+        raise RecipeError('load_path', f"file '{local}' does not exist")
+    if not _readable(local):
+        return
     try:
-        checkpoint = torch.load(path, map_location='cpu', mmap=True, weights_only=False)
+        checkpoint = torch.load(local, map_location='cpu', mmap=True, weights_only=False)
     except Exception as error:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise RecipeError('load_path', f"cannot read checkpoint '{path}': {error}") from None
+        raise RecipeError('load_path', f"cannot read checkpoint '{local}': {error}") from None
     if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get('state'), dict)
             and 'model' in checkpoint['state']):
-        raise RecipeError('load_path', f"'{path}' is not a Composer checkpoint; for a torchvision, timm or plain "
-                          f'state-dict file use model.{recipe.model.name}.pretrained={path} instead')
+        raise RecipeError('load_path', f"'{local}' is not a Composer checkpoint; for a torchvision, timm or plain "
+                          f'state-dict file use model.{recipe.model.name}.pretrained={local} instead')
 
 
 def checkpoint_must_fit(recipe: Recipe, path: Optional[str], build: Callable[[], T]) -> T:
@@ -174,16 +188,17 @@ def checkpoint_must_fit(recipe: Recipe, path: Optional[str], build: Callable[[],
     try:
         trainer = build()
     except (RuntimeError, KeyError) as error:
-        if path is None or not (isinstance(error, KeyError) or 'Error(s) in loading state_dict' in str(error)):
+        if path is None or not _names_model_weights(error):
             raise
         details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
         detail = (details[0] if details else f'{error} not in the checkpoint' if isinstance(error, KeyError)
                   else str(error))
         raise RecipeError('load_path', _misfit(path, recipe, detail)) from error
-    if path is not None and not parse_uri(path)[0]:
+    local = None if path is None else _local_file(path, recipe)
+    if local is not None and _readable(local):
         model = trainer.state.model
         model = model.module if isinstance(model, DistributedDataParallel) else model
-        stored = torch.load(path, map_location='cpu', mmap=True, weights_only=False)['state']['model']
+        stored = torch.load(local, map_location='cpu', mmap=True, weights_only=False)['state']['model']
         expected = model.state_dict().keys()
         mismatches = {'missing': sorted(expected - stored.keys()), 'unexpected': sorted(stored.keys() - expected)}
         if any(mismatches.values()):
@@ -194,9 +209,19 @@ def checkpoint_must_fit(recipe: Recipe, path: Optional[str], build: Callable[[],
     return trainer
 
 
+def _names_model_weights(error: BaseException) -> bool:
+    """Whether a failure while building a Trainer came from loading weights: torch's ``load_state_dict`` report,
+    or a ``KeyError`` for a model parameter (the optimizer state of a parameter the checkpoint does not have)."""
+    if isinstance(error, KeyError):
+        return bool(error.args) and str(error.args[0]).startswith('module.')
+    return 'Error(s) in loading state_dict' in str(error)
+
+
 def _misfit(path: str, recipe: Recipe, detail: str) -> str:
     detail = detail if len(detail) <= 240 else detail[:240] + ' ...'
-    stored = stored_identity(path) if not parse_uri(path)[0] else None
+    local = _local_file(path, recipe)
+    stored = stored_identity(local) if local is not None and _readable(local) else None
+    path = local or path
     written_by = (f" (it was written by a run of {stored['model']} with num_classes {stored.get('model.num_classes')})"
                   if stored and 'model' in stored else '')
     return (f"'{path}' does not fit the recipe's model, {recipe.model.name}{written_by}: {detail}; the model, its "

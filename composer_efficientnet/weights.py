@@ -126,9 +126,12 @@ def _composer_checkpoint_globals() -> list:
 
     import numpy as np
     from torch.torch_version import TorchVersion
-    multiarray = getattr(np, '_core', None) or np.core
-    dtypes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith('DType')]
-    return [datetime.timedelta, TorchVersion, np.dtype, np.ndarray, multiarray.multiarray._reconstruct, *dtypes]
+    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy.core or numpy._core, as this numpy pickles it
+    numpy_dtypes = getattr(np, 'dtypes', None)  # numpy 1.25 and later
+    dtypes = [getattr(numpy_dtypes, name) for name in dir(numpy_dtypes) if name.endswith('DType')]
+    # under either module name, whichever numpy wrote the checkpoint
+    return [datetime.timedelta, TorchVersion, np.dtype, np.ndarray, *dtypes,
+            (reconstruct, 'numpy.core.multiarray._reconstruct'), (reconstruct, 'numpy._core.multiarray._reconstruct')]
 
 
 _COMPOSER_CHECKPOINT_GLOBALS = _composer_checkpoint_globals()
@@ -140,7 +143,7 @@ def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise WeightsError(f"Pretrained weights file '{path}' does not exist.")
-    if re.search(r'tf[_-]efficientnet', path):
+    if re.match(r'tf[_-]efficientnet', os.path.basename(path)) or 'models--timm--tf_efficientnet' in path:
         raise WeightsError(f"'{path}' looks like timm's tf_efficientnet weights, ported from TensorFlow: those "
                            "models pad convolutions as TensorFlow's 'same' and use BatchNorm eps 1e-3, which this "
                            'architecture does not; their keys match, so they would load and give wrong outputs. Use '

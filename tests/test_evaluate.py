@@ -62,6 +62,11 @@ def test_the_record_names_the_precision_the_evaluation_ran_in(tmp_path, run):
     assert results['precision'] == 'fp32'  # a CPU run falls back
 
 
+def test_load_path_may_use_composers_placeholders(tmp_path, run):
+    results = _evaluate(tmp_path, f"load_path={run['folder']}/latest-rank{{rank}}.pt")
+    assert round(results['top-1'], 2) == run['printed']['top-1']
+
+
 def test_without_load_path_the_newest_checkpoint_of_the_save_folder_is_evaluated(tmp_path, run):
     results = _evaluate(tmp_path, f"save_folder={run['folder']}")
     assert results['weights'] == str(run['checkpoint'])

@@ -1,5 +1,9 @@
 """Pretrained imports from torchvision and timm: exact outputs, all-or-nothing loading, clear errors."""
 
+import re
+import zipfile
+
+import numpy as np
 import pytest
 import timm
 import torch
@@ -112,6 +116,33 @@ def test_tensorflow_ported_timm_weights_are_refused_by_name(tmp_path):
         torch.save(timm.create_model('efficientnet_b0').state_dict(), path)
         with pytest.raises(weights.WeightsError, match="looks like timm's tf_efficientnet weights"):
             composer_efficientnet('efficientnet_b0', pretrained=path)
+
+
+def test_a_folder_named_after_tf_efficientnet_does_not_refuse_other_weights(tmp_path):
+    folder = tmp_path / 'tf-efficientnet-comparison'
+    folder.mkdir()
+    torch.save(timm.create_model('efficientnet_b0').state_dict(), folder / 'efficientnet_b0.pth')
+    assert composer_efficientnet('efficientnet_b0', pretrained=folder / 'efficientnet_b0.pth').num_classes == 1000
+
+
+def test_composer_checkpoints_from_numpy_1_and_2_are_read(tmp_path):
+    """A Composer checkpoint pickles numpy's random state; numpy 1 and 2 name its reconstructor differently."""
+    state_dict = EfficientNet.from_name('efficientnet_b0', num_classes=10).state_dict()
+    checkpoint = {'state': {'model': {f'module.{k}': v for k, v in state_dict.items()}},
+                  'rng': [{'numpy': np.random.get_state(), 'python': (3, (1, 2), None)}]}
+    path = tmp_path / 'ep1-ba10-rank0.pt'
+    torch.save(checkpoint, path)
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    pickle_name = next(name for name in members if name.endswith('data.pkl'))
+    for module in (b'numpy.core.multiarray', b'numpy._core.multiarray'):
+        pickled = re.sub(rb'numpy\._?core\.multiarray', module, members[pickle_name])
+        written = tmp_path / f'{module.decode()}.pt'
+        with zipfile.ZipFile(written, 'w', zipfile.ZIP_STORED) as archive:
+            for name, data in members.items():
+                archive.writestr(name, pickled if name == pickle_name else data)
+        loaded = weights.read_state_dict(written)
+        assert torch.equal(loaded['classifier.weight'], state_dict['classifier.weight']), module
 
 
 @pytest.mark.parametrize('content,message', [
