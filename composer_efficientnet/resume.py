@@ -184,7 +184,8 @@ def checkpoint_must_fit(recipe: Recipe, path: Optional[str], build: Callable[[],
     """``build()``, a Trainer that loads the checkpoint ``path``, checked: a checkpoint that does not fit the recipe's
     model (another member or ``num_classes``, an algorithm that changes the model added or left out) is a
     :class:`RecipeError` naming the first mismatch. Composer's resume loads a model whose keys the checkpoint lacks
-    without a word (torch 2.7's ``set_model_state_dict``), leaving those weights as initialized; this catches it."""
+    without a word (``State.load_state_dict`` loads the model with ``strict=False``), leaving those weights as
+    initialized; this catches it."""
     try:
         trainer = build()
     except (RuntimeError, KeyError) as error:
