@@ -33,6 +33,9 @@ def device_and_precision(recipe: Recipe) -> Tuple[str, Optional[str]]:
     falls back to fp32 with one warning line."""
     device = recipe.settings.get('device') or ('gpu' if torch.cuda.is_available() else 'cpu')
     device = next(iter(device)) if isinstance(device, dict) else device
+    if recipe.settings.get('grad_accum') == 'auto' and device != 'gpu':
+        raise RecipeError('grad_accum', f"auto sizes microbatches to a GPU's memory; this run is on the {device}: "
+                          'give a number of microbatches instead')
     if device == 'gpu' and not torch.cuda.is_available():
         raise RecipeError('device', 'gpu, but torch sees no CUDA device here (torch.cuda.is_available() is False); '
                           'set device: cpu, or leave device out to use a GPU when there is one')

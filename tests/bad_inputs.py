@@ -161,6 +161,8 @@ TABLE: List[BadInput] = [
            r"python_log_level: unknown level 'loud'; valid: critical, error, warning, info, debug"),
     recipe('bad console_log_interval', with_run(console_log_interval='often'),
            r"console_log_interval: must be a Composer time .* 'often'"),
+    recipe('grad_accum auto on a CPU', with_run(grad_accum='auto'),
+           r"grad_accum: auto sizes microbatches to a GPU's memory; this run is on the cpu"),
     *([] if torch.cuda.is_available() else [recipe('device gpu without one', with_run(device='gpu'),
                                                    r'device: gpu, but torch sees no CUDA device here')]),
     # Overrides on the command line.
