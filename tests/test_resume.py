@@ -349,3 +349,12 @@ def test_a_run_fine_tunes_onto_new_classes_from_its_checkpoint(resumable, tmp_pa
     for name, value in model.state_dict().items():
         if not name.startswith('module.classifier.'):
             assert torch.equal(value, trained[name]), name
+
+
+def test_resumed_runs_keep_only_save_num_checkpoints_to_keep(tmp_path):
+    """Composer counts kept checkpoints from zero after a resume; across a resume the folder still holds one."""
+    keep_one = {'save_num_checkpoints_to_keep': 1}
+    assert _tiny_main(tmp_path, max_duration='2ba', **keep_one) == 0
+    assert _tiny_main(tmp_path, max_duration='4ba', **keep_one) == 0  # resumes at step 2
+    assert sorted(path.name for path in (tmp_path / 'checkpoints').iterdir()) == ['ep0-ba4-rank0.pt',
+                                                                                 'latest-rank0.pt']

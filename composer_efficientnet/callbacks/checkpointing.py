@@ -29,8 +29,8 @@ from composer.utils import checkpoint as composer_checkpoint
 from composer.utils import dist, format_name_with_dist, partial_format
 
 __all__ = ['AtomicCheckpointSaver', 'CHECKPOINT_FILENAME', 'CheckpointWriteError', 'LATEST_FILENAME', 'PARTIAL_PREFIX',
-           'checkpoint_pattern', 'is_complete_checkpoint', 'latest_checkpoint', 'newest_complete_checkpoint',
-           'point_latest_at', 'replace_symlink']
+           'checkpoint_pattern', 'complete_checkpoints', 'is_complete_checkpoint', 'latest_checkpoint',
+           'newest_complete_checkpoint', 'point_latest_at', 'replace_symlink']
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,16 @@ def checkpoint_pattern(filename: str, rank: int) -> re.Pattern:
     return re.compile(f'^{pattern}$')
 
 
+def complete_checkpoints(folder: str, filename: str = CHECKPOINT_FILENAME, rank: int = 0) -> List[str]:
+    """The complete checkpoints of ``rank`` in ``folder``, oldest written first."""
+    if not os.path.isdir(folder):
+        return []
+    pattern = checkpoint_pattern(filename, rank=rank)
+    complete = [path for path in glob.glob(os.path.join(folder, '*'))
+                if pattern.match(os.path.basename(path)) and is_complete_checkpoint(path)]
+    return sorted(complete, key=lambda path: os.stat(path).st_mtime_ns)
+
+
 def newest_complete_checkpoint(folder: str, filename: str = CHECKPOINT_FILENAME) -> Optional[str]:
     """The most recently written complete checkpoint of rank 0 in ``folder``, or ``None``.
 
@@ -139,12 +149,8 @@ def newest_complete_checkpoint(folder: str, filename: str = CHECKPOINT_FILENAME)
     but before the link was updated (by this saver or Composer's), or a link to a missing or truncated
     file, would otherwise resume from an older checkpoint or from scratch.
     """
-    if not os.path.isdir(folder):
-        return None
-    pattern = checkpoint_pattern(filename, rank=0)
-    complete = [path for path in glob.glob(os.path.join(folder, '*'))
-                if pattern.match(os.path.basename(path)) and is_complete_checkpoint(path)]
-    return max(complete, key=lambda path: os.stat(path).st_mtime_ns) if complete else None
+    complete = complete_checkpoints(folder, filename)
+    return complete[-1] if complete else None
 
 
 def point_latest_at(checkpoint: str, latest_filename: str = LATEST_FILENAME) -> None:
@@ -192,12 +198,23 @@ class AtomicCheckpointSaver(CheckpointSaver):
         self._gates.append(gate)
 
     def fit_start(self, state: State, logger: Logger) -> None:
+        folder = format_name_with_dist(self.folder, state.run_name)
         if dist.get_global_rank() == 0:
-            folder = format_name_with_dist(self.folder, state.run_name)
             for partial in glob.glob(os.path.join(folder, f'{PARTIAL_PREFIX}*')):
                 log.info('Removing %s, a checkpoint whose writing was interrupted', partial)
                 os.remove(partial)
         super().fit_start(state, logger)
+        self._count_earlier_checkpoints(state, folder)
+
+    def _count_earlier_checkpoints(self, state: State, folder: str) -> None:
+        """After a resume from this folder, the run's earlier checkpoints count towards ``num_checkpoints_to_keep``:
+        Composer starts that count afresh, so each resume would leave its predecessors' checkpoints behind."""
+        if (self.saved_checkpoints or self.num_checkpoints_to_keep < 0 or state.fsdp_sharded_state_dict_enabled
+                or state.load_path is None or not os.path.isdir(folder)
+                or not os.path.samefile(os.path.dirname(os.path.abspath(state.load_path)), folder)):
+            return
+        self.saved_checkpoints = complete_checkpoints(folder, os.path.basename(self.filename.filename),
+                                                      dist.get_global_rank())
 
     def state_dict(self) -> Dict[str, Any]:
         state = super().state_dict()
