@@ -358,3 +358,17 @@ def test_resumed_runs_keep_only_save_num_checkpoints_to_keep(tmp_path):
     assert _tiny_main(tmp_path, max_duration='4ba', **keep_one) == 0  # resumes at step 2
     assert sorted(path.name for path in (tmp_path / 'checkpoints').iterdir()) == ['ep0-ba4-rank0.pt',
                                                                                  'latest-rank0.pt']
+
+
+def test_training_curves_of_a_resumed_run_cover_the_whole_run(tmp_path):
+    curves = {'callbacks': [{'training_curves': {}}]}
+    assert _tiny_main(tmp_path, max_duration='2ba', **curves) == 0
+    assert _tiny_main(tmp_path, max_duration='4ba', **curves) == 0  # resumes at step 2
+
+    def losses(name: str) -> list:
+        state = torch.load(tmp_path / 'checkpoints' / name, map_location='cpu', weights_only=False)['state']
+        return state['callbacks']['TrainingCurves']['train_loss']
+
+    first, whole = losses('ep0-ba2-rank0.pt'), losses('ep0-ba4-rank0.pt')
+    assert [step for step, _ in whole] == [0, 1, 2, 3]
+    assert whole[:2] == first

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from composer.callbacks import CheckpointSaver
@@ -18,7 +18,8 @@ class TrainingCurves(Callback):
     """Plot the training loss per batch and every validation metric per evaluation, rewritten at each
     evaluation and at the end of the run.
 
-    Losses are kept on the device and read once per epoch, so the callback adds no host sync to the step.
+    Losses are kept on the device and read once per epoch, so the callback adds no host sync to the step. The
+    curves so far are saved in every checkpoint, so a resumed run draws the whole run.
 
     Args:
         filename: the PNG's name.
@@ -31,6 +32,15 @@ class TrainingCurves(Callback):
         self._pending: List[Tuple[int, torch.Tensor]] = []
         self.train_loss: List[Tuple[int, float]] = []
         self.eval_metrics: Dict[str, List[Tuple[int, float]]] = {}
+
+    def state_dict(self) -> Dict[str, Any]:
+        self._flush()
+        return {'train_loss': list(self.train_loss), 'eval_metrics': dict(self.eval_metrics)}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.train_loss = [tuple(point) for point in state.get('train_loss', [])]
+        self.eval_metrics = {name: [tuple(point) for point in points]
+                             for name, points in state.get('eval_metrics', {}).items()}
 
     def after_backward(self, state: State, logger: Logger) -> None:
         if isinstance(state.loss, torch.Tensor):
