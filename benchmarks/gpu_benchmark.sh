@@ -24,7 +24,7 @@ bench() {
   local name=$1 limit=$2
   shift 2
   echo "== $name (limit ${limit} s): $*" | tee -a "$OUT/status.txt"
-  timeout "$limit" python3 -m composer_efficientnet.benchmark "$@" "${EXTRA[@]}" --json "$OUT/$name.json" \
+  timeout -k 15 "$limit" python3 -m composer_efficientnet.benchmark "$@" "${EXTRA[@]}" --json "$OUT/$name.json" \
     > "$OUT/$name.log" 2>&1
   echo "== $name: exit $? after ${SECONDS} s" | tee -a "$OUT/status.txt"
   grep -E '^[a-z-]+:(eager|compiled): ' "$OUT/$name.log"

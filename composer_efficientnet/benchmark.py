@@ -150,7 +150,9 @@ class Row:
 
 class WindowTimer:
     """Marks the end of the warm-up and of each timing window, counted in steps; on a GPU the marks are CUDA
-    events, so the host is never synchronized while timing."""
+    events, so the host is never synchronized while timing. At the end of the warm-up the peak-memory counter
+    restarts: cuDNN's autotuning in the first steps borrows a workspace as large as the free cache, which only the
+    first row of a process would otherwise pay."""
 
     def __init__(self, settings: Settings, device: torch.device) -> None:
         self._mark_after = {settings.warmup + i * settings.steps for i in range(settings.windows + 1)}
@@ -161,6 +163,8 @@ class WindowTimer:
     def step_end(self) -> None:
         self._steps += 1
         if self._steps in self._mark_after:
+            if self._cuda and not self._marks:
+                torch.cuda.reset_peak_memory_stats()  # allocator bookkeeping only: no sync
             self._marks.append(self._mark())
 
     def _mark(self) -> Any:
@@ -510,32 +514,36 @@ def _number(value: Optional[float], spec: str) -> str:
 
 
 def write_json(result: Dict[str, Any], path: Optional[str]) -> None:
+    """Write ``result`` to ``path`` by a rename, so a run stopped at any moment leaves a whole file."""
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, 'w') as file:
+        with open(f'{path}.partial', 'w') as file:
             json.dump(result, file, indent=2)
             file.write('\n')
+        os.replace(f'{path}.partial', path)
 
 
 def run_benchmark(settings: Settings, json_path: Optional[str] = None, sync_check: bool = True) -> Dict[str, Any]:
-    """Run every selected row in every selected mode, then (with ``sync_check``) the host-sync check; the JSON
-    file is rewritten after each row, so an interrupted run keeps what it measured."""
+    """Run (with ``sync_check``) the host-sync check, then every selected row in every selected mode; the JSON
+    file is rewritten after each, so an interrupted run keeps what it measured. The check runs first: it is
+    short, and the row a time limit would cut off is the last one."""
     device = torch.device(settings.device)
     match_trainer_math(device)
     if device.type == 'cuda':  # every row alike: our recipes and torchvision's and timm's scripts turn it on
         torch.backends.cudnn.benchmark = settings.cudnn_benchmark
     skipped = {} if 'timm' not in settings.rows or importlib.util.find_spec('timm') else {'timm': 'not installed'}
     rows: List[Row] = []
+    checked = _checked_host_sync(settings, device) if sync_check else None
+    write_json(report(settings, device, rows, skipped, checked, complete=False), json_path)
     for mode in settings.modes:
         for impl in settings.rows:
             if impl in skipped:
                 continue
             rows.append(run_row(impl, mode, settings, device))
             add_ratios(rows)
-            write_json(report(settings, device, rows, skipped, None, complete=False), json_path)
+            write_json(report(settings, device, rows, skipped, checked, complete=False), json_path)
             print(f'{rows[-1].name}: {_number(rows[-1].images_per_s, ",.1f")} images/s '
                   f'({rows[-1].wall_s:.0f} s)', flush=True)
-    checked = _checked_host_sync(settings, device) if sync_check else None
     result = report(settings, device, rows, skipped, checked, complete=True)
     write_json(result, json_path)
     return result
