@@ -3,8 +3,8 @@
 The recipe that trained a run evaluates it: the sections only training uses are ignored, so the model,
 ``val_dataset``, ``eval_batch_size``, the algorithms (those that change the model, such as ``blurpool``, must be
 the run's), the loggers and the run settings count. The weights are ``load_path`` (a Composer checkpoint, of which
-only the weights are read), else the model's ``pretrained`` file (torchvision, timm or this package), else the
-newest complete checkpoint in the recipe's ``save_folder``. Runs as one process or under Composer's launcher
+only the weights are read), else the newest complete checkpoint in the recipe's ``save_folder``, else the model's
+``pretrained`` file (torchvision, timm or this package). Runs as one process or under Composer's launcher
 (``composer -n 8 -m composer_efficientnet.evaluate recipe.yaml``): each process evaluates its share and the
 metrics are reduced over all of them, counting every image once.
 """
@@ -21,14 +21,13 @@ from typing import Any, Dict, List, Optional
 
 import torch
 from composer import Trainer
-from composer.utils import dist, format_name_with_dist, parse_uri, reproducibility
+from composer.utils import dist, parse_uri, reproducibility
 
 import composer_efficientnet
-from composer_efficientnet.callbacks.checkpointing import newest_complete_checkpoint
 from composer_efficientnet.data import DATA_ERRORS
 from composer_efficientnet.data.errors import message_of
 from composer_efficientnet.recipe import Recipe, RecipeError, load_recipe, validate
-from composer_efficientnet.resume import check_checkpoint, checkpoint_must_fit
+from composer_efficientnet.resume import check_checkpoint, checkpoint_must_fit, newest_run_checkpoint
 from composer_efficientnet.runner import (build_data, held_out_metrics, ignore_short_last_batch_warnings,
                                          run_settings)
 
@@ -49,16 +48,15 @@ def checkpoint_to_load(recipe: Recipe) -> Optional[str]:
         return load_path
     pretrained = recipe.model.params.get('pretrained')
     save_folder = recipe.settings.get('save_folder')
-    newest, newest_searched = None, bool(save_folder and not parse_uri(save_folder)[0])
-    if newest_searched:
-        newest = newest_complete_checkpoint(format_name_with_dist(save_folder, recipe.settings.get('run_name', '')))
+    newest = newest_run_checkpoint(recipe.settings)
     if newest and pretrained:
         raise RecipeError('load_path', f'is not set, and both model.{recipe.model.name}.pretrained ({pretrained}) and '
                           f'the newest checkpoint in save_folder ({newest}) could be the weights: set '
                           f'load_path={newest} to evaluate the run, or save_folder=null to evaluate {pretrained}')
     if newest or pretrained:
         return newest
-    searched = f'; save_folder {save_folder!r} holds no checkpoint' if newest_searched else ''
+    local_folder = save_folder and not parse_uri(save_folder)[0]
+    searched = f'; save_folder {save_folder!r} holds no checkpoint' if local_folder else ''
     raise RecipeError('load_path', f'evaluation needs weights: set load_path=CHECKPOINT (a Composer checkpoint) or '
                       f'model.{recipe.model.name}.pretrained=FILE (torchvision, timm or composer_efficientnet '
                       f'weights){searched}')

@@ -329,12 +329,12 @@ _VISION_DATASET_ALGORITHMS = ('randaugment', 'augmix')
 
 
 def _check_augmentation(recipe: Recipe) -> None:
+    train_dataset = recipe.train_dataset.name if recipe.train_dataset else None
     for entry in recipe.algorithms:
-        if entry.name in _VISION_DATASET_ALGORITHMS and recipe.train_dataset and recipe.train_dataset.name in ('imagenet',
-                                                                                      'streaming_imagenet'):
+        if entry.name in _VISION_DATASET_ALGORITHMS and train_dataset in ('imagenet', 'streaming_imagenet'):
             raise RecipeError(entry.key, f"Composer's {entry.name} needs a torchvision VisionDataset; with "
-                              f"{recipe.train_dataset.name} use its own parameter instead: "
-                              f"train_dataset.{recipe.train_dataset.name}.augment: randaugment (or autoaugment)")
+                              f"{train_dataset} use its own parameter instead: "
+                              f"train_dataset.{train_dataset}.augment: randaugment (or autoaugment)")
 
 
 def _check_dataloader(options: Dict[str, Any]) -> None:

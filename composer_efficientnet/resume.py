@@ -27,7 +27,7 @@ from composer_efficientnet.efficientnet import canonical_name
 from composer_efficientnet.recipe import Entry, Recipe, RecipeError
 
 __all__ = ['ResumeMismatchError', 'checkpoint_savers', 'check_autoresume', 'check_checkpoint', 'check_no_earlier_run',
-           'checkpoint_must_fit', 'run_identity', 'stored_identity']
+           'checkpoint_must_fit', 'newest_run_checkpoint', 'run_identity', 'stored_identity']
 
 
 T = TypeVar('T')
@@ -83,10 +83,15 @@ def checkpoint_savers(recipe: Recipe) -> List[AtomicCheckpointSaver]:
                           f"{settings.get('save_interval')!r} ({error})") from None
 
 
+def _load_lazily(checkpoint: str) -> Any:
+    """A checkpoint's contents, its tensors mapped from the file rather than read."""
+    return torch.load(checkpoint, map_location='cpu', mmap=True, weights_only=False)
+
+
 def stored_identity(checkpoint: str) -> Optional[Dict[str, Any]]:
     """The :func:`run_identity` a checkpoint was written with; ``None`` for checkpoints that have none."""
     try:
-        state = torch.load(checkpoint, map_location='cpu', mmap=True, weights_only=False)
+        state = _load_lazily(checkpoint)
     except Exception as error:  # noqa: BLE001 - any unreadable file is reported the same way
         raise RecipeError('autoresume', f"cannot read checkpoint '{checkpoint}': {error}") from None
     saver_state = state.get('state', {}).get('callbacks', {}).get(AtomicCheckpointSaver.__qualname__, {})
@@ -99,6 +104,15 @@ def _differences(stored: Dict[str, Any], current: Dict[str, Any]) -> str:
                      if stored.get(key) != current.get(key))
 
 
+def newest_run_checkpoint(settings: Dict[str, Any]) -> Optional[str]:
+    """The newest complete checkpoint in the recipe's local ``save_folder`` (``{run_name}`` filled in); ``None``
+    without one, or for a remote folder, which is Composer's to search."""
+    folder = settings.get('save_folder')
+    if not folder or parse_uri(folder)[0]:
+        return None
+    return newest_complete_checkpoint(format_name_with_dist(folder, settings.get('run_name') or ''))
+
+
 def check_autoresume(recipe: Recipe) -> Optional[str]:
     """For an autoresuming recipe with a local ``save_folder``: point ``latest`` at the newest complete
     checkpoint (rank 0), check that the recipe trains what that checkpoint holds, and return its path.
@@ -106,13 +120,9 @@ def check_autoresume(recipe: Recipe) -> Optional[str]:
     Raises :class:`ResumeMismatchError` naming each difference. Returns ``None`` when nothing is resumed.
     """
     settings = recipe.settings
-    if not (settings.get('autoresume') and settings.get('save_folder') and settings.get('run_name')):
+    if not (settings.get('autoresume') and settings.get('run_name')):
         return None
-    backend, _, _ = parse_uri(settings['save_folder'])
-    if backend:  # a remote folder is Composer's to search
-        return None
-    folder = format_name_with_dist(settings['save_folder'], settings['run_name'])
-    checkpoint = newest_complete_checkpoint(folder)
+    checkpoint = newest_run_checkpoint(settings)
     if checkpoint is None:
         return None
     stored = stored_identity(checkpoint)
@@ -171,7 +181,7 @@ def check_checkpoint(path: str, recipe: Recipe) -> None:
     if not _readable(local):
         return
     try:
-        checkpoint = torch.load(local, map_location='cpu', mmap=True, weights_only=False)
+        checkpoint = _load_lazily(local)
     except Exception as error:  # noqa: BLE001 - any unreadable file is reported the same way
         raise RecipeError('load_path', f"cannot read checkpoint '{local}': {error}") from None
     if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get('state'), dict)
@@ -199,7 +209,7 @@ def checkpoint_must_fit(recipe: Recipe, path: Optional[str], build: Callable[[],
     if local is not None and _readable(local):
         model = trainer.state.model
         model = model.module if isinstance(model, DistributedDataParallel) else model
-        stored = torch.load(local, map_location='cpu', mmap=True, weights_only=False)['state']['model']
+        stored = _load_lazily(local)['state']['model']
         expected = model.state_dict().keys()
         mismatches = {'missing': sorted(expected - stored.keys()), 'unexpected': sorted(stored.keys() - expected)}
         if any(mismatches.values()):

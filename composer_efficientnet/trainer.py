@@ -71,9 +71,10 @@ class SyncFreeTrainer(Trainer):
     of the run they are published at once, so epoch-end callbacks, evaluators and checkpoints see complete
     values. Loggers still receive every step in order: what is logged for step ``n + 1`` meanwhile (Composer's
     time counters, callbacks at batch end) is held back and passed on right after step ``n``'s values, and
-    destinations that read the timestamp rather than the step (``InMemoryLogger``) see step ``n``'s. The train metrics are updated from the training outputs without switching the model to eval mode
-    and back, when the model is a :class:`~composer.models.ComposerClassifier` (whose ``eval_forward`` would
-    return those outputs unchanged).
+    destinations that read the timestamp rather than the step (``InMemoryLogger``) see step ``n``'s. The train
+    metrics are updated from the training outputs without switching the model to eval mode and back, when the
+    model is a :class:`~composer.models.ComposerClassifier` (whose ``eval_forward`` would return those outputs
+    unchanged).
 
     Everything else is Composer's Trainer, and the weights after each step are the same. With automatic
     microbatching or token-based accumulation, which need the reads, it is exactly Composer's loop. fp16

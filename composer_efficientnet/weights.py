@@ -6,6 +6,7 @@ Users pass a file or a state dict; nothing is downloaded.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -119,6 +120,7 @@ def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
                        f'are: {_some(list(state_dict)[:8])}')
 
 
+@functools.lru_cache(maxsize=1)
 def _composer_checkpoint_globals() -> list:
     """The plain types besides tensors in a Composer checkpoint (time spans, versions, the numpy random state),
     allowed while reading one with ``weights_only``, which still refuses any code in a file."""
@@ -132,9 +134,6 @@ def _composer_checkpoint_globals() -> list:
     # under either module name, whichever numpy wrote the checkpoint
     return [datetime.timedelta, TorchVersion, np.dtype, np.ndarray, *dtypes,
             (reconstruct, 'numpy.core.multiarray._reconstruct'), (reconstruct, 'numpy._core.multiarray._reconstruct')]
-
-
-_COMPOSER_CHECKPOINT_GLOBALS = _composer_checkpoint_globals()
 
 
 def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
@@ -153,7 +152,7 @@ def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
             from safetensors.torch import load_file
             loaded = load_file(path)
         else:
-            with torch.serialization.safe_globals(_COMPOSER_CHECKPOINT_GLOBALS):
+            with torch.serialization.safe_globals(_composer_checkpoint_globals()):
                 loaded = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as error:  # noqa: BLE001 - any reader failure means the same thing to the user
         raise WeightsError(f"Could not read pretrained weights file '{path}': {error}") from None
