@@ -62,6 +62,9 @@ def test_imagenet_recipes_validate(tmp_path, name):
     assert recipe.model.name == name and recipe.model.params['dropout'] == member.dropout
     assert config['train_dataset']['imagenet']['crop_size'] == member.resolution == recipe.model_resolution
     assert {e.name for e in recipe.algorithms} >= {'label_smoothing', 'sample_stochastic_depth'}
+    val = config['val_dataset']['imagenet']
+    # the EfficientNet reference's crop padding of 32 pixels (256/224 for B0, the model card's)
+    assert (val['crop_size'], val['resize_size']) == (member.resolution, member.resolution + 32)
 
 
 def test_b0_recipe_is_the_model_card():
