@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import yaml
-from composer.core import Time
+from composer.core import Time, TimeUnit
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -311,18 +311,33 @@ def _check_batches(recipe: Recipe) -> None:
                           f'got {accum}')
 
 
+_DURATION_EXAMPLES = "'400ep', '5000ba' or '1000000sp'"
+
+
 def _check_times(settings: Dict[str, Any]) -> None:
     for key in ('max_duration', 'eval_interval', 'console_log_interval'):
         value = settings.get(key)
         if isinstance(value, str):
+            examples = _DURATION_EXAMPLES if key == 'max_duration' else "'1ep', '500ba' or '0.5dur'"
             try:
                 Time.from_timestring(value)
             except ValueError:
-                raise RecipeError(key, f"must be a Composer time such as '10ep', '500ba' or '0.5dur', or an "
-                                  f'integer, got {value!r}') from None
+                raise RecipeError(key, f'must be a Composer time such as {examples}, or an integer, '
+                                  f'got {value!r}') from None
+    duration = settings.get('max_duration')
+    if duration is not None:
+        duration = Time.from_input(duration, TimeUnit.EPOCH)
+        if duration.unit == TimeUnit.DURATION or duration.value <= 0:
+            raise RecipeError('max_duration', f'must be a positive length of training such as {_DURATION_EXAMPLES}, '
+                              f"got {settings['max_duration']!r}")
     ratio = settings.get('scale_schedule_ratio')
     if ratio is not None and ratio <= 0:
         raise RecipeError('scale_schedule_ratio', f'must be a positive number, got {ratio!r}')
+    if ratio is not None and duration is not None and (duration * ratio).value == 0:
+        unit = duration.unit.value
+        raise RecipeError('scale_schedule_ratio', f'{ratio!r} scales max_duration {duration.value}{unit} to 0{unit} '
+                          f'(Composer rounds down); use a ratio of at least {1 / duration.value:.3g} or a longer '
+                          'max_duration')
 
 
 _VISION_DATASET_ALGORITHMS = ('randaugment', 'augmix')

@@ -150,6 +150,13 @@ TABLE: List[BadInput] = [
     recipe('sync_free not a boolean', with_run(sync_free='yes'), r"sync_free: must be bool, got 'yes'"),
     recipe('negative scale_schedule_ratio', with_run(scale_schedule_ratio=-1),
            r'scale_schedule_ratio: must be a positive number, got -1'),
+    recipe('scale_schedule_ratio that leaves no training', with_run(max_duration='2ba', scale_schedule_ratio=0.1),
+           r'scale_schedule_ratio: 0.1 scales max_duration 2ba to 0ba \(Composer rounds down\); use a ratio of at '
+           r'least 0.5 or a longer max_duration'),
+    recipe('max_duration as a fraction of itself', with_run(max_duration='0.5dur'),
+           r"max_duration: must be a positive length of training such as '400ep', '5000ba' or '1000000sp', "
+           r"got '0.5dur'"),
+    recipe('zero max_duration', with_run(max_duration=0), r'max_duration: must be a positive length .* got 0$'),
     BadInput('recipe', 'save_folder holding an earlier run', _earlier_run,
              r"save_folder: 'checkpoints' holds checkpoints of an earlier run \(ep1-ba23-rank0.pt\); set "
              r'autoresume: true and a run_name to continue it, save_overwrite: true to write over it, or choose '
