@@ -17,16 +17,16 @@ NormLayer = Callable[[int], nn.Module]
 ActLayer = Callable[[], nn.Module]
 
 
-def _keep_scale(x: torch.Tensor, drop_rate: Union[float, torch.Tensor]) -> torch.Tensor:
-    """Per-sample factor, 0 for dropped samples and 1/(1-rate) for survivors, shaped to broadcast over x.
+def _keep_scale(x: torch.Tensor, keep_prob: torch.Tensor) -> torch.Tensor:
+    """Per-sample factor, 0 for dropped samples and 1/keep_prob for survivors, shaped to broadcast over x.
 
     The uniform draw and the comparison are done in float32 whatever ``x``'s dtype, so the drop
     probability is exact under bf16/fp16 autocast; only the final factor is cast to ``x.dtype``.
     """
-    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    keep_prob = 1.0 - drop_rate
+    shape = [x.shape[0]] + [1] * (x.dim() - 1)
+    keep_prob = keep_prob.float()
     keep = torch.rand(shape, dtype=torch.float32, device=x.device) < keep_prob
-    return (keep.to(torch.float32) / keep_prob).to(x.dtype)
+    return (keep.float() / keep_prob).to(x.dtype)
 
 
 def drop_path(x: torch.Tensor, drop_rate: Union[float, torch.Tensor], training: bool) -> torch.Tensor:
@@ -46,7 +46,8 @@ def drop_path(x: torch.Tensor, drop_rate: Union[float, torch.Tensor], training: 
     """
     if not training or (isinstance(drop_rate, (int, float)) and drop_rate == 0):
         return x
-    return x * _keep_scale(x, drop_rate)
+    keep_prob = 1.0 - (drop_rate if torch.is_tensor(drop_rate) else torch.tensor(float(drop_rate)))
+    return x * _keep_scale(x, keep_prob)
 
 
 class ConvNormAct(nn.Sequential):
@@ -99,7 +100,7 @@ class MBConv(nn.Module):
         self.se = SqueezeExcite(mid_channels, max(1, int(in_channels * se_ratio)), act_layer)
         self.project = ConvNormAct(mid_channels, out_channels, 1, norm_layer, act_layer=None)
         self.has_residual = stride == 1 and in_channels == out_channels
-        self.register_buffer('_drop_rate_tensor', torch.tensor(0.0), persistent=False)
+        self.register_buffer('_keep_prob', torch.tensor(1.0), persistent=False)
         self.drop_rate = drop_rate
 
     @property
@@ -114,12 +115,12 @@ class MBConv(nn.Module):
         self._drop_rate = float(rate) if self.has_residual else 0.0
         self._drop_active = self._drop_rate > 0  # the only Python value forward reads: torch.compile guards on it
         with torch.no_grad():
-            self._drop_rate_tensor.fill_(self._drop_rate)
+            self._keep_prob.fill_(1.0 - self._drop_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.project(self.se(self.depthwise(self.expand(x))))
         if not self.has_residual:
             return out
         if self.training and self._drop_active:
-            return torch.addcmul(x, out, _keep_scale(out, self._drop_rate_tensor))
+            return torch.addcmul(x, out, _keep_scale(out, self._keep_prob))
         return x + out
