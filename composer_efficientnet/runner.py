@@ -39,6 +39,9 @@ def device_and_precision(recipe: Recipe) -> Tuple[str, Optional[str]]:
     if device == 'gpu' and not torch.cuda.is_available():
         raise RecipeError('device', 'gpu, but torch sees no CUDA device here (torch.cuda.is_available() is False); '
                           'set device: cpu, or leave device out to use a GPU when there is one')
+    if device == 'mps' and not torch.backends.mps.is_available():
+        raise RecipeError('device', 'mps, but torch sees no Apple GPU here (torch.backends.mps.is_available() is '
+                          'False); set device: cpu, or leave device out')
     precision = recipe.precision
     if device == 'cpu' and precision and precision.startswith('amp'):
         print(f"warning: precision {recipe.settings['precision']} needs a GPU; this CPU run uses fp32.",
@@ -70,7 +73,8 @@ def run_settings(recipe: Recipe) -> Dict[str, Any]:
     configure_cudnn(settings, device)
     hidden = settings.get('progress_bar') is False  # also the progress_bar logger a recipe lists
     loggers = [entry.build() for entry in recipe.loggers if not (hidden and entry.name == 'progress_bar')]
-    compile_config = {} if settings.get('compile') is True else settings.get('compile') or None
+    compile_setting = settings.get('compile')  # true or a mapping, {} included: Composer's compile_config
+    compile_config = {} if compile_setting is True else compile_setting if isinstance(compile_setting, dict) else None
     return dict(
         device=device, precision=precision, seed=settings.get('seed', 17), loggers=loggers,
         compile_config=compile_config,

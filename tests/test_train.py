@@ -107,3 +107,12 @@ def test_cudnn_benchmark_on_a_gpu_unless_deterministic(monkeypatch, settings, de
     runner.configure_cudnn(settings, device)
     assert torch.backends.cudnn.benchmark is expected
 
+
+
+@pytest.mark.parametrize('override, expected', [('compile={}', {}), ('compile=true', {}), ('compile=false', None),
+                                                ('compile={mode: max-autotune}', {'mode': 'max-autotune'}),
+                                                (None, None)])
+def test_compile_setting_becomes_composer_compile_config(override, expected):
+    overrides = [*QUICK, 'save_folder=null'] + ([override] if override else [])
+    settings = runner.run_settings(validate(load_recipe(os.path.join(RECIPES, 'quickstart.yaml'), overrides)))
+    assert settings['compile_config'] == expected
