@@ -1,4 +1,5 @@
-"""The names every recipe can use out of the box: this package's pieces and what Composer 0.32 ships.
+"""The names every recipe can use out of the box: this package's pieces and what Composer 0.32 ships (all its
+algorithms, callbacks but ``Generate``, which generates text with Hugging Face models, and loggers).
 
 Composer's names follow the snake_case its own YAML recipes used.
 """
@@ -54,6 +55,7 @@ BUILTINS = {
     'callbacks': {
         'activation_monitor': cc.ActivationMonitor, 'checkpoint_saver': our_callbacks.AtomicCheckpointSaver,
         'early_stopper': cc.EarlyStopper, 'export_for_inference': cc.ExportForInferenceCallback,
+        'free_outputs': cc.FreeOutputs, 'load_checkpoint': cc.LoadCheckpoint,
         'image_visualizer': cc.ImageVisualizer, 'lr_monitor': cc.LRMonitor, 'memory_monitor': cc.MemoryMonitor,
         'memory_snapshot': cc.MemorySnapshot, 'mlperf': cc.MLPerfCallback, 'nan_monitor': cc.NaNMonitor,
         'oom_observer': cc.OOMObserver, 'optimizer_monitor': cc.OptimizerMonitor,
@@ -64,7 +66,8 @@ BUILTINS = {
     },
     'loggers': {
         'comet_ml': cl.CometMLLogger, 'console': cl.ConsoleLogger, 'file': cl.FileLogger,
-        'in_memory': cl.InMemoryLogger, 'mlflow': cl.MLFlowLogger, 'neptune': cl.NeptuneLogger,
+        'in_memory': cl.InMemoryLogger, 'mlflow': cl.MLFlowLogger, 'mosaicml': cl.MosaicMLLogger,
+        'neptune': cl.NeptuneLogger,
         'progress_bar': cl.ProgressBarLogger, 'remote_uploader_downloader': cl.RemoteUploaderDownloader,
         'slack': cl.SlackLogger, 'tensorboard': cl.TensorboardLogger, 'wandb': cl.WandBLogger,
     },

@@ -50,13 +50,19 @@ class Registry(catalogue.Registry):
         return sorted(set(builtin) | {ep.name for ep in self._get_entry_points()})
 
     def get(self, name: str) -> Callable[..., Any]:
-        """The object registered as ``name``; an unknown name raises :class:`RegistryError` with suggestions."""
-        if name not in self:
-            close = difflib.get_close_matches(str(name), self.names(), n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ''
-            raise RegistryError(f"Unknown {self.kind[:-1] if self.kind.endswith('s') else self.kind} '{name}'.{hint} "
-                                f"Registered {self.kind}: {', '.join(self.names())}.")
-        return super().get(name)
+        """The object registered as ``name``; an unknown name, or an entry point that cannot be loaded, raises
+        :class:`RegistryError` saying which."""
+        try:
+            if name in self:
+                return super().get(name)
+        except ImportError as error:  # an entry point naming a module or object its distribution lacks
+            point = next((ep.value for ep in self._get_entry_points() if ep.name == name), '?')
+            raise RegistryError(f"'{name}' is registered by the entry point {point} "
+                                f"(group {self.entry_point_namespace}), which cannot be loaded: {error}") from None
+        close = difflib.get_close_matches(str(name), self.names(), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ''
+        raise RegistryError(f"Unknown {self.kind[:-1] if self.kind.endswith('s') else self.kind} '{name}'.{hint} "
+                            f"Registered {self.kind}: {', '.join(self.names())}.")
 
     def get_all(self) -> Dict[str, Any]:
         return {name: self.get(name) for name in self.names()}

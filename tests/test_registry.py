@@ -6,7 +6,7 @@ import textwrap
 import pytest
 
 from composer_efficientnet import cli, registry
-from composer_efficientnet.recipe import validate
+from composer_efficientnet.recipe import RecipeError, validate
 
 EXPECTED = {
     'models': ['efficientnet_b0', 'efficientnet_b7', 'efficientnetb0'],
@@ -63,6 +63,16 @@ def test_entry_point_adds_a_model(third_party_distribution):
     assert recipe.model.name == 'tiny_net' and recipe.model_resolution == 224
 
 
+def test_entry_point_that_cannot_load_is_a_recipe_error(third_party_distribution, tmp_path):
+    info = tmp_path / 'tiny_models-1.0.dist-info' / 'entry_points.txt'
+    info.write_text('[composer_efficientnet.models]\nbroken_net = missing_module:build\n')
+    with pytest.raises(RecipeError, match=r"model.broken_net: 'broken_net' is registered by the entry point "
+                                          r"missing_module:build \(group composer_efficientnet.models\), which "
+                                          r"cannot be loaded: No module named 'missing_module'"):
+        validate({'model': {'broken_net': {}}, 'train_dataset': {'digits': {}}, 'optimizers': {'sgd': {'lr': 0.1}},
+                  'max_duration': '1ba', 'train_batch_size': 8})
+
+
 def test_list_command(capsys):
     assert cli.main(['list', 'optimizers']) == 0
     out = capsys.readouterr().out
@@ -78,3 +88,24 @@ def test_info_command(capsys):
     assert 0.38 < b0_gmacs < 0.41  # the paper's 0.39B multiply-adds
     b7 = next(line for line in lines if line.startswith('efficientnet_b7 '))
     assert '66.35M' in b7 and 34 < float(b7.split()[3]) < 40  # paper: 37B
+
+
+def test_every_composer_algorithm_callback_and_logger_is_registered():
+    import composer.algorithms as ca
+    import composer.callbacks as cc
+    import composer.loggers as cl
+    from composer.core import Algorithm, Callback
+    from composer.loggers import LoggerDestination
+    from composer_efficientnet.callbacks import AtomicCheckpointSaver
+    from composer_efficientnet.algorithms import LabelSmoothing
+
+    replaced = {cc.CheckpointSaver: AtomicCheckpointSaver, ca.LabelSmoothing: LabelSmoothing}
+    left_out = {cc.Generate}  # text generation for Hugging Face models
+    for module, base, reg in ((ca, Algorithm, registry.algorithms), (cc, Callback, registry.callbacks),
+                              (cl, LoggerDestination, registry.loggers)):
+        registered = set(reg.get_all().values())
+        shipped = {getattr(module, name) for name in module.__all__}
+        shipped = {cls for cls in shipped if isinstance(cls, type) and issubclass(cls, base) and cls is not base}
+        assert len(shipped) >= 10  # Composer's classes were found, so an empty difference means something
+        missing = {cls.__name__ for cls in shipped - left_out if replaced.get(cls, cls) not in registered}
+        assert not missing, f'{reg.kind} not registered: {sorted(missing)}'
