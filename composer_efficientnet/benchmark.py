@@ -566,7 +566,7 @@ def _row_list(text: str) -> Tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog='composer-efficientnet benchmark', description=__doc__.split('\n\n')[0],
+        prog='composer-efficientnet benchmark', description=__doc__.split('\n\n')[0].replace('``', ''),
         epilog=(f"Defaults on a GPU: {DEVICE_DEFAULTS['cuda']} (resolution: the member's own). "
                 f"On the CPU: {DEVICE_DEFAULTS['cpu']}."))
     parser.add_argument('--model', default='efficientnet_b0', help='member, efficientnet_b0 ... efficientnet_b7')

@@ -73,7 +73,7 @@ KINDS = ('models', 'algorithms', 'callbacks', 'loggers', 'optimizers', 'schedule
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog='composer-efficientnet', description=__doc__)
+    parser = argparse.ArgumentParser(prog='composer-efficientnet', description=__doc__.replace('``', ''))
     commands = parser.add_subparsers(dest='command', required=True)
     commands.add_parser('train', help='train from a YAML recipe (see composer-efficientnet train --help)',
                         add_help=False)

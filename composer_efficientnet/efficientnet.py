@@ -119,6 +119,8 @@ class EfficientNet(nn.Module):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f'num_classes must be a positive integer, got {num_classes}.')
+        if not 0.0 <= drop_connect_rate < 1.0:
+            raise ValueError(f'drop_connect_rate must be a number in [0, 1), got {drop_connect_rate!r}.')
         self.num_classes = num_classes
         norm_layer = norm_layer or partial(nn.BatchNorm2d, momentum=bn_momentum, eps=bn_eps)
         channels = make_divisible(STEM_CHANNELS * width)

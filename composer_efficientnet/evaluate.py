@@ -28,8 +28,8 @@ from composer_efficientnet.data import DATA_ERRORS
 from composer_efficientnet.data.errors import message_of
 from composer_efficientnet.recipe import Recipe, RecipeError, load_recipe, validate
 from composer_efficientnet.resume import check_checkpoint, checkpoint_must_fit, newest_run_checkpoint
-from composer_efficientnet.runner import (build_data, held_out_metrics, ignore_short_last_batch_warnings,
-                                         run_settings)
+from composer_efficientnet.runner import (build_data, check_data_fits, held_out_metrics,
+                                         ignore_short_last_batch_warnings, run_settings)
 
 __all__ = ['build_evaluator', 'checkpoint_to_load', 'evaluate', 'main']
 
@@ -56,7 +56,8 @@ def checkpoint_to_load(recipe: Recipe) -> Optional[str]:
     if newest or pretrained:
         return newest
     local_folder = save_folder and not parse_uri(save_folder)[0]
-    searched = f'; save_folder {save_folder!r} holds no checkpoint' if local_folder else ''
+    searched = '' if not local_folder else f'; save_folder {save_folder!r} ' + (
+        'holds no checkpoint' if os.path.isdir(save_folder) else 'does not exist')
     raise RecipeError('load_path', f'evaluation needs weights: set load_path=CHECKPOINT (a Composer checkpoint) or '
                       f'model.{recipe.model.name}.pretrained=FILE (torchvision, timm or composer_efficientnet '
                       f'weights){searched}')
@@ -69,6 +70,7 @@ def build_evaluator(recipe: Recipe) -> Trainer:
     eval_data = build_data(recipe, recipe.val_dataset, recipe.settings['eval_batch_size'])
     reproducibility.seed_all(recipe.settings.get('seed', 17))
     model = recipe.model.build()
+    check_data_fits(recipe, model, {'val_dataset': eval_data})
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='No optimizer was specified')  # made by Composer, never stepped
         return checkpoint_must_fit(recipe, checkpoint, lambda: Trainer(
@@ -92,18 +94,29 @@ def _record(recipe: Recipe, trainer: Trainer, source: str, results: Dict[str, fl
             'versions': {'composer_efficientnet': composer_efficientnet.__version__, 'torch': torch.__version__}}
 
 
+def _unwritable(path: str) -> Optional[str]:
+    """Why the results could not be written to ``path``, checked before the evaluation runs."""
+    if os.path.isdir(path):
+        return f"'{path}' is a directory; give a file name, such as {os.path.join(path, 'eval.json')}"
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        return f"folder '{os.path.dirname(path)}' does not exist"
+    return None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Validate the recipe for evaluation, load the weights, evaluate, print (and with ``--json`` write) the
     results; recipe mistakes exit with status 2 and one line on stderr."""
-    parser = argparse.ArgumentParser(prog='composer-efficientnet eval', description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog='composer-efficientnet eval',
+                                     description=__doc__.splitlines()[0].replace('``', ''))
     parser.add_argument('recipe', help='path to a YAML recipe')
     parser.add_argument('overrides', nargs='*', help='dotted.key=value overrides, e.g. load_path=run/latest-rank0.pt')
     parser.add_argument('--json', metavar='PATH', help='also write the results to this JSON file')
     parser.add_argument('--debug', action='store_true', help='show tracebacks instead of one-line errors')
     args = parser.parse_args(argv)
     ignore_short_last_batch_warnings()
-    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
-        print(f"composer-efficientnet: --json: folder '{os.path.dirname(args.json)}' does not exist", file=sys.stderr)
+    json_problem = args.json and _unwritable(args.json)
+    if json_problem:
+        print(f'composer-efficientnet: --json: {json_problem}', file=sys.stderr)
         return 2
     try:
         recipe = validate(load_recipe(args.recipe, args.overrides), world_size=dist.get_world_size(), purpose='eval')

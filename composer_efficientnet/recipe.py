@@ -11,10 +11,12 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
+import torch
 import yaml
 from composer.core import Time, TimeUnit
 from omegaconf import OmegaConf
@@ -109,29 +111,86 @@ class Recipe:
             return 224
 
 
+class _OverrideLoader(yaml.SafeLoader):
+    """Reads override values as OmegaConf reads recipe files: YAML, with exponents such as ``1e-3`` as floats
+    (PyYAML alone reads those as strings)."""
+
+
+_OverrideLoader.add_implicit_resolver('tag:yaml.org,2002:float', re.compile(r"""^(?:
+    [-+]?[0-9]+(?:_[0-9]+)*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+   |[-+]?[0-9]+(?:_[0-9]+)*[eE][-+]?[0-9]+
+   |\.[0-9]+(?:_[0-9]+)*(?:[eE][-+]?[0-9]+)?
+   |[-+]?\.(?:inf|Inf|INF)
+   |\.(?:nan|NaN|NAN))$""", re.X), list('-+0123456789.'))
+
+
+def _yaml_problem(error: Exception) -> str:
+    """What a YAML error says was wrong and where, in one line."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem:
+        mark = error.problem_mark
+        return error.problem + (f' (line {mark.line + 1}, column {mark.column + 1})' if mark else '')
+    return str(error).splitlines()[0]
+
+
 def load_recipe(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) -> Dict[str, Any]:
     """Read a YAML recipe and apply ``dotted.key=value`` overrides (values parsed as YAML)."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise RecipeError('recipe', f"'{path}' is a directory; give a recipe file, such as recipes/quickstart.yaml")
     if not os.path.isfile(path):
         raise RecipeError('recipe', f"file '{path}' does not exist")
     try:
         config = OmegaConf.load(path)
+    except UnicodeDecodeError:
+        raise RecipeError('recipe', f"'{path}' is not a YAML text file (a checkpoint? give it as load_path=PATH "
+                          'after the recipe)') from None
     except (yaml.YAMLError, OmegaConfBaseException) as error:
-        raise RecipeError('recipe', f"'{path}' is not valid YAML: {str(error).splitlines()[0]}") from None
+        raise RecipeError('recipe', f"'{path}' is not valid YAML: {_yaml_problem(error)}") from None
     if not OmegaConf.is_dict(config):
         raise RecipeError('recipe', f"'{path}' must be a mapping of sections, got {type(config).__name__}")
     for override in overrides:
-        key, sep, raw = override.partition('=')
-        if not sep or not key:
-            raise RecipeError(override, "an override is written key=value, e.g. 'max_duration=2ep' or "
-                              "'optimizers.rmsprop.lr=0.1'")
-        key = _by_position(config, key)
-        try:  # a one-entry section given whole replaces the recipe's: merged, it would hold two entries
-            OmegaConf.update(config, key, yaml.safe_load(raw) if raw else None, merge=key not in _SINGLE,
-                             force_add=True)
-        except (yaml.YAMLError, OmegaConfBaseException, TypeError, ValueError) as error:
-            raise RecipeError(key, f'cannot apply override {override!r}: {str(error).splitlines()[0]}') from None
-    return OmegaConf.to_container(config, resolve=True)
+        _apply_override(config, override)
+    try:
+        return OmegaConf.to_container(config, resolve=True)
+    except OmegaConfBaseException as error:
+        raise RecipeError(str(getattr(error, 'full_key', None) or 'recipe'),
+                          f'cannot resolve an interpolation: {str(error).splitlines()[0]}') from None
+
+
+def _apply_override(config: Any, override: str) -> None:
+    key, sep, raw = override.partition('=')
+    if not sep or not key:
+        raise RecipeError(override, "an override is written key=value, e.g. 'max_duration=2ep' or "
+                          "'optimizers.rmsprop.lr=0.1'")
+    try:
+        value = yaml.load(raw, Loader=_OverrideLoader) if raw else None
+    except yaml.YAMLError as error:
+        raise RecipeError(key, f'cannot apply override {override!r}: {_yaml_problem(error)}') from None
+    if _replaces_entry(config, key, value):
+        return
+    key = _by_position(config, key)
+    try:  # a one-entry section given whole replaces the recipe's: merged, it would hold two entries
+        OmegaConf.update(config, key, value, merge=key not in _SINGLE, force_add=True)
+    except (OmegaConfBaseException, TypeError, ValueError) as error:
+        raise RecipeError(key, f'cannot apply override {override!r}: {str(error).splitlines()[0]}') from None
+
+
+def _replaces_entry(config: Any, key: str, value: Any) -> bool:
+    """``schedulers.0={constant: {}}`` replaces the first entry of a list section and ``schedulers.N=...``, N its
+    length, appends one; a merge would leave an entry of two names."""
+    section, _, position = key.partition('.')
+    entries = config.get(section)
+    if section not in _MANY or not position.isdigit() or not OmegaConf.is_list(entries):
+        return False
+    if int(position) > len(entries):
+        held = f'positions 0 to {len(entries) - 1}' if entries else 'none'
+        raise RecipeError(key, f'{section} has {len(entries)} entries ({held}); {section}.{len(entries)}=... '
+                          'appends one')
+    if int(position) == len(entries):
+        entries.append(value)
+    else:
+        entries[int(position)] = value
+    return True
 
 
 def _by_position(config: Any, key: str) -> str:
@@ -176,12 +235,13 @@ def validate(config: Dict[str, Any], world_size: int = 1, purpose: Literal['trai
                     settings={k: config[k] for k in _SCALARS if config.get(k) is not None}, world_size=world_size,
                     **many)
     _check_batches(recipe)
-    _check_times(recipe.settings)
+    _check_times(recipe)
     _check_augmentation(recipe)
     _check_dataloader(recipe.settings.get('dataloader', {}))
     recipe.precision = _precision(recipe.settings.get('precision'))
     _check_device(recipe.settings.get('device'))
     _check_autoresume(recipe.settings)
+    _check_run_settings(recipe.settings)
     level = recipe.settings.get('python_log_level')
     if level is not None and level.upper() not in _LOG_LEVELS:
         raise RecipeError('python_log_level', f'unknown level {level!r}; valid: {", ".join(_LOG_LEVELS).lower()}')
@@ -270,6 +330,8 @@ def _matches(value: Any, hint: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
+    if hint is torch.Tensor:  # YAML has no tensors; where one is accepted (a learning rate), a number is
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint in _PRIMITIVES:
         return isinstance(value, hint)
     return True
@@ -311,25 +373,36 @@ def _check_batches(recipe: Recipe) -> None:
                           f'got {accum}')
 
 
-_DURATION_EXAMPLES = "'400ep', '5000ba' or '1000000sp'"
+_DURATION_EXAMPLES = "'400ep' or '5000ba'"
 
 
-def _check_times(settings: Dict[str, Any]) -> None:
-    for key in ('max_duration', 'eval_interval', 'console_log_interval'):
-        value = settings.get(key)
-        if isinstance(value, str):
-            examples = _DURATION_EXAMPLES if key == 'max_duration' else "'1ep', '500ba' or '0.5dur'"
-            try:
-                Time.from_timestring(value)
-            except ValueError:
-                raise RecipeError(key, f'must be a Composer time such as {examples}, or an integer, '
-                                  f'got {value!r}') from None
+def _time(key: str, value: Union[str, int], examples: str) -> Time:
+    """A recipe's time value, integers counting epochs as Composer counts them."""
+    try:
+        time = Time.from_input(value, TimeUnit.EPOCH)
+    except (ValueError, TypeError):
+        raise RecipeError(key, f'must be a Composer time such as {examples}, or an integer (epochs; ep, ba and sp '
+                          f'count whole units), got {value!r}') from None
+    if time.unit == TimeUnit.TOKEN:  # Composer counts none in image batches: the time would never come
+        raise RecipeError(key, f'{value!r} counts tokens, which image batches do not have; use ep, ba or sp')
+    return time
+
+
+def _check_times(recipe: Recipe) -> None:
+    settings = recipe.settings
+    for key in ('eval_interval', 'console_log_interval', 'save_interval'):
+        if settings.get(key) is not None:
+            _time(key, settings[key], "'1ep', '500ba' or '0.5dur'")
+    if settings.get('save_interval') is not None and _time('save_interval', settings['save_interval'], '').value <= 0:
+        raise RecipeError('save_interval', f"must be positive, got {settings['save_interval']!r} (save_folder: null "
+                          'writes no checkpoints)')
     duration = settings.get('max_duration')
     if duration is not None:
-        duration = Time.from_input(duration, TimeUnit.EPOCH)
+        duration = _time('max_duration', duration, _DURATION_EXAMPLES)
         if duration.unit == TimeUnit.DURATION or duration.value <= 0:
             raise RecipeError('max_duration', f'must be a positive length of training such as {_DURATION_EXAMPLES}, '
                               f"got {settings['max_duration']!r}")
+        _check_warmup_units(recipe, duration)
     ratio = settings.get('scale_schedule_ratio')
     if ratio is not None and ratio <= 0:
         raise RecipeError('scale_schedule_ratio', f'must be a positive number, got {ratio!r}')
@@ -338,6 +411,25 @@ def _check_times(settings: Dict[str, Any]) -> None:
         raise RecipeError('scale_schedule_ratio', f'{ratio!r} scales max_duration {duration.value}{unit} to 0{unit} '
                           f'(Composer rounds down); use a ratio of at least {1 / duration.value:.3g} or a longer '
                           'max_duration')
+
+
+def _check_warmup_units(recipe: Recipe, duration: Time) -> None:
+    """Composer's warm-up schedulers count ``t_warmup`` and ``t_max`` in one unit once epochs are batches and
+    ``dur`` is a share of ``max_duration``; otherwise they fail on the first step."""
+    def counted_in(time: Time) -> TimeUnit:
+        unit = duration.unit if time.unit == TimeUnit.DURATION else time.unit
+        return TimeUnit.BATCH if unit == TimeUnit.EPOCH else unit
+
+    for entry in recipe.schedulers:
+        defaults = inspect.signature(entry.target).parameters
+        if 't_warmup' not in defaults or 't_max' not in defaults:
+            continue
+        times = {name: _time(f'{entry.key}.{name}', entry.params.get(name, defaults[name].default), "'1ep', '500ba'")
+                 for name in ('t_warmup', 't_max')}
+        if counted_in(times['t_warmup']) != counted_in(times['t_max']):
+            raise RecipeError(f'{entry.key}.t_warmup', f"{times['t_warmup']} and t_max {times['t_max']} (with "
+                              f'max_duration {duration}) count different units; Composer needs both in epochs or '
+                              'batches, or both in samples (dur is a share of max_duration)')
 
 
 _VISION_DATASET_ALGORITHMS = ('randaugment', 'augmix')
@@ -354,6 +446,8 @@ def _check_augmentation(recipe: Recipe) -> None:
 
 def _check_dataloader(options: Dict[str, Any]) -> None:
     for name, value in options.items():
+        if value is None:  # unsets a recipe's option: the DataLoader's default
+            continue
         if name not in DATALOADER_KEYS:
             raise RecipeError(f'dataloader.{name}', f'unknown option{_closest(name, DATALOADER_KEYS)}; valid options: '
                               f'{", ".join(DATALOADER_KEYS)}')
@@ -363,6 +457,19 @@ def _check_dataloader(options: Dict[str, Any]) -> None:
 
 
 _LOG_LEVELS = ('CRITICAL', 'ERROR', 'WARNING', 'INFO', 'DEBUG')
+
+
+def _check_run_settings(settings: Dict[str, Any]) -> None:
+    seed = settings.get('seed')
+    if seed is not None and not 0 <= seed < 2**32:
+        raise RecipeError('seed', f'must be in [0, 2**32 - 1], got {seed}')
+    for key in ('train_subset_num_batches', 'eval_subset_num_batches'):
+        if settings.get(key) is not None and settings[key] < 1 and settings[key] != -1:
+            raise RecipeError(key, f'must be a positive number of batches, or -1 for all, got {settings[key]}')
+    folder = settings.get('save_folder')
+    if folder is not None and (not folder.strip() or os.path.isfile(folder)):
+        problem = 'is empty' if not folder.strip() else f"'{folder}' is a file"
+        raise RecipeError('save_folder', f'{problem}; give a directory for the checkpoints, or null to write none')
 
 
 def _check_autoresume(settings: Dict[str, Any]) -> None:

@@ -71,16 +71,12 @@ def checkpoint_savers(recipe: Recipe) -> List[AtomicCheckpointSaver]:
         return []
     _, _, path = parse_uri(folder)
     remote = (lambda name: str(Path(path) / name)) if path else (lambda name: name)
-    try:
-        return [AtomicCheckpointSaver(
-            folder=folder, filename=CHECKPOINT_FILENAME, remote_file_name=remote(CHECKPOINT_FILENAME),
-            latest_filename=LATEST_FILENAME, latest_remote_file_name=remote(LATEST_FILENAME),
-            save_interval=settings.get('save_interval', '1ep'), overwrite=settings.get('save_overwrite', False),
-            num_checkpoints_to_keep=settings.get('save_num_checkpoints_to_keep', -1),
-            metadata={'recipe': run_identity(recipe)})]
-    except (ValueError, NotImplementedError) as error:
-        raise RecipeError('save_interval', f"must be a Composer time such as '1ep' or '500ba', got "
-                          f"{settings.get('save_interval')!r} ({error})") from None
+    return [AtomicCheckpointSaver(  # save_interval was checked with the recipe
+        folder=folder, filename=CHECKPOINT_FILENAME, remote_file_name=remote(CHECKPOINT_FILENAME),
+        latest_filename=LATEST_FILENAME, latest_remote_file_name=remote(LATEST_FILENAME),
+        save_interval=settings.get('save_interval', '1ep'), overwrite=settings.get('save_overwrite', False),
+        num_checkpoints_to_keep=settings.get('save_num_checkpoints_to_keep', -1),
+        metadata={'recipe': run_identity(recipe)})]
 
 
 def _load_lazily(checkpoint: str) -> Any:
@@ -190,12 +186,12 @@ def check_checkpoint(path: str, recipe: Recipe) -> None:
                           f'state-dict file use model.{recipe.model.name}.pretrained={local} instead')
 
 
-def checkpoint_must_fit(recipe: Recipe, path: Optional[str], build: Callable[[], T]) -> T:
+def checkpoint_must_fit(recipe: Recipe, path: Optional[str], build: Callable[[], T], key: str = 'load_path') -> T:
     """``build()``, a Trainer that loads the checkpoint ``path``, checked: a checkpoint that does not fit the recipe's
     model (another member or ``num_classes``, an algorithm that changes the model added or left out) is a
-    :class:`RecipeError` naming the first mismatch. Composer's resume loads a model whose keys the checkpoint lacks
-    without a word (``State.load_state_dict`` loads the model with ``strict=False``), leaving those weights as
-    initialized; this catches it."""
+    :class:`RecipeError` at ``key`` (the setting that chose the checkpoint) naming the first mismatch. Composer's
+    resume loads a model whose keys the checkpoint lacks without a word (``State.load_state_dict`` loads the model
+    with ``strict=False``), leaving those weights as initialized; this catches it."""
     try:
         trainer = build()
     except (RuntimeError, KeyError) as error:
@@ -204,7 +200,7 @@ def checkpoint_must_fit(recipe: Recipe, path: Optional[str], build: Callable[[],
         details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
         detail = (details[0] if details else f'{error} not in the checkpoint' if isinstance(error, KeyError)
                   else str(error))
-        raise RecipeError('load_path', _misfit(path, recipe, detail)) from error
+        raise RecipeError(key, _misfit(path, recipe, detail)) from error
     local = None if path is None else _local_file(path, recipe)
     if local is not None and _readable(local):
         model = trainer.state.model
@@ -216,7 +212,7 @@ def checkpoint_must_fit(recipe: Recipe, path: Optional[str], build: Callable[[],
             trainer.close()
             detail = '; '.join(f'{what} key(s) {", ".join(keys[:3])}{" ..." if len(keys) > 3 else ""}'
                                for what, keys in mismatches.items() if keys)
-            raise RecipeError('load_path', _misfit(path, recipe, detail))
+            raise RecipeError(key, _misfit(path, recipe, detail))
     return trainer
 
 

@@ -13,8 +13,8 @@ from composer.loggers import ConsoleLogger, ProgressBarLogger
 
 from composer_efficientnet.recipe import Entry, Recipe, RecipeError
 
-__all__ = ['device_and_precision', 'configure_cudnn', 'build_data', 'run_settings', 'held_out_metrics',
-           'ignore_short_last_batch_warnings']
+__all__ = ['device_and_precision', 'configure_cudnn', 'build_data', 'check_data_fits', 'run_settings',
+           'held_out_metrics', 'ignore_short_last_batch_warnings']
 
 #: Recipe settings passed to Composer's ``Trainer`` under the same name, when the recipe sets them.
 TRAINER_PASSTHROUGH = ('eval_interval', 'scale_schedule_ratio', 'load_path', 'load_weights_only', 'autoresume',
@@ -63,6 +63,37 @@ def build_data(recipe: Recipe, entry: Entry, global_batch_size: int) -> DataSpec
     return entry.build(batch_size=global_batch_size // recipe.world_size, seed=recipe.settings.get('seed', 17),
                        dataloader_kwargs=recipe.settings.get('dataloader', {}),
                        model_resolution=recipe.model_resolution)
+
+
+def check_data_fits(recipe: Recipe, model: Any, data: Dict[str, Optional[DataSpec]]) -> None:
+    """Stop before training when the model has fewer outputs than a dataset has classes (the loss would fail
+    on the first batch holding a larger label) or when the training data holds no whole batch."""
+    outputs = getattr(model, 'num_classes', None)
+    for key, spec in data.items():
+        classes = getattr(getattr(spec.dataloader, 'dataset', None), 'classes', None) if spec else None
+        if outputs is not None and classes is not None and len(classes) > outputs:
+            raise RecipeError(f'{recipe.model.key}.num_classes', f'is {outputs}, but {key} has {len(classes)} '
+                              f'classes; set num_classes: {len(classes)}')
+    train = data.get('train_dataset')
+    if train is not None and _batches(train) == 0:
+        batch = recipe.settings['train_batch_size']
+        raise RecipeError('train_batch_size', f'{batch} (global) leaves no whole batch in the training data of '
+                          f'{_samples(train)} images on {recipe.world_size} process(es) with drop_last: true; '
+                          'use a smaller batch or drop_last: false')
+
+
+def _batches(spec: DataSpec) -> Optional[int]:
+    try:
+        return len(spec.dataloader)
+    except TypeError:  # an iterable without a length (streaming)
+        return None
+
+
+def _samples(spec: DataSpec) -> str:
+    try:
+        return str(len(spec.dataloader.dataset))
+    except (TypeError, AttributeError):
+        return 'too few'
 
 
 def run_settings(recipe: Recipe) -> Dict[str, Any]:

@@ -21,8 +21,8 @@ from composer_efficientnet.data.errors import message_of
 from composer_efficientnet.recipe import Recipe, RecipeError, load_recipe, validate
 from composer_efficientnet.resume import (check_autoresume, check_checkpoint, check_no_earlier_run, checkpoint_must_fit,
                                          checkpoint_savers)
-from composer_efficientnet.runner import (build_data, held_out_metrics, ignore_short_last_batch_warnings,
-                                         run_settings)
+from composer_efficientnet.runner import (build_data, check_data_fits, held_out_metrics,
+                                         ignore_short_last_batch_warnings, run_settings)
 from composer_efficientnet.trainer import SyncFreeTrainer
 
 __all__ = ['build_trainer', 'main', 'weights_digest']
@@ -43,6 +43,7 @@ def build_trainer(recipe: Recipe) -> Trainer:
     check_no_earlier_run(recipe)
     reproducibility.seed_all(settings.get('seed', 17))  # the model's initialization follows the seed, on every rank
     model = recipe.model.build()
+    check_data_fits(recipe, model, {'train_dataset': train_data, 'val_dataset': eval_data})
     accum = settings.get('grad_accum')
     microbatch = 'auto' if accum == 'auto' else (
         settings['train_batch_size'] // recipe.world_size // accum if accum else None)
@@ -54,7 +55,8 @@ def build_trainer(recipe: Recipe) -> Trainer:
         algorithms=[entry.build() for entry in recipe.algorithms],
         callbacks=[BadSampleReport(), SyncBuffers(), *(entry.build() for entry in recipe.callbacks),
                    *checkpoint_savers(recipe)],
-        max_duration=settings['max_duration'], device_train_microbatch_size=microbatch, **run_settings(recipe)))
+        max_duration=settings['max_duration'], device_train_microbatch_size=microbatch, **run_settings(recipe)),
+        key='autoresume' if resumed else 'load_path')
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -82,7 +84,8 @@ def report(trainer: Trainer) -> List[str]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Validate the recipe, build, fit, report; recipe mistakes exit with status 2 and one line on stderr."""
-    parser = argparse.ArgumentParser(prog='composer-efficientnet train', description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog='composer-efficientnet train',
+                                     description=__doc__.splitlines()[0].replace('``', ''))
     parser.add_argument('recipe', help='path to a YAML recipe')
     parser.add_argument('overrides', nargs='*', help='dotted.key=value overrides, e.g. max_duration=2ep')
     parser.add_argument('--debug', action='store_true', help='show tracebacks instead of one-line errors')

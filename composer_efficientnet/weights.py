@@ -140,6 +140,8 @@ def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
     """Read a state dict from a ``.pth``/``.pt``/``.bin`` or ``.safetensors`` file, unwrapping the usual
     containers (``state_dict``, ``model``, a Composer checkpoint's ``state.model`` and ``module.`` prefixes)."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise WeightsError(f"Pretrained weights '{path}' is a directory; give the weights file in it.")
     if not os.path.isfile(path):
         raise WeightsError(f"Pretrained weights file '{path}' does not exist.")
     if re.match(r'tf[_-]efficientnet', os.path.basename(path)) or 'models--timm--tf_efficientnet' in path:

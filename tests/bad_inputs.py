@@ -126,6 +126,24 @@ def _half_bad_source(tmp: Path) -> List[str]:
     return ['convert-dataset', '--src', str(root), '--out', str(tmp / 'out')]
 
 
+def _binary(path: Path) -> Path:
+    torch.save({'state': {'model': {'w': torch.ones(3)}}}, path)
+    return path
+
+
+def _save_folder_a_file(tmp: Path) -> List[str]:
+    (tmp / 'checkpoints').write_text('a file, not a folder')
+    return ['train', write_recipe(tmp, RUN)]
+
+
+def _held_out_augment(tmp: Path) -> List[str]:
+    root = make_tree(tmp / 'imagenet', per_class=2)
+    datasets = {f'{split}_dataset': {'imagenet': {'datadir': str(root), 'is_train': split == 'train',
+                                                  'crop_size': 16}} for split in ('train', 'val')}
+    datasets['val_dataset']['imagenet']['augment'] = 'randaugment'
+    return ['train', write_recipe(tmp, with_run(**datasets))]
+
+
 TABLE: List[BadInput] = [
     # Recipe mistakes, as tests/test_recipe.py lists them, here through the command line.
     *(recipe(label, content, message) for label, content, message in MISTAKES),
@@ -134,7 +152,7 @@ TABLE: List[BadInput] = [
     BadInput('recipe', 'not a mapping', lambda tmp: ['train', write_text(tmp / 'list.yaml', '- model\n')],
              r"recipe: '.*list.yaml' must be a mapping of sections, got ListConfig"),
     recipe('bad save_interval', with_run(save_interval='soon'),
-           r"save_interval: must be a Composer time such as '1ep' or '500ba', got 'soon'"),
+           r"save_interval: must be a Composer time such as '1ep', '500ba' or '0.5dur', .* got 'soon'"),
     recipe('divergence_guard check_interval', with_run(callbacks=[{'divergence_guard': {'check_interval': 0}}]),
            r'callbacks.divergence_guard: check_interval must be a positive number of batches or null, got 0'),
     recipe('checkpoint_saver parameter', with_run(callbacks=[{'checkpoint_saver': {'folderr': 'x'}}]),
@@ -154,8 +172,7 @@ TABLE: List[BadInput] = [
            r'scale_schedule_ratio: 0.1 scales max_duration 2ba to 0ba \(Composer rounds down\); use a ratio of at '
            r'least 0.5 or a longer max_duration'),
     recipe('max_duration as a fraction of itself', with_run(max_duration='0.5dur'),
-           r"max_duration: must be a positive length of training such as '400ep', '5000ba' or '1000000sp', "
-           r"got '0.5dur'"),
+           r"max_duration: must be a positive length of training such as '400ep' or '5000ba', got '0.5dur'"),
     recipe('zero max_duration', with_run(max_duration=0), r'max_duration: must be a positive length .* got 0$'),
     BadInput('recipe', 'save_folder holding an earlier run', _earlier_run,
              r"save_folder: 'checkpoints' holds checkpoints of an earlier run \(ep1-ba23-rank0.pt\); set "
@@ -172,6 +189,37 @@ TABLE: List[BadInput] = [
            r"grad_accum: auto sizes microbatches to a GPU's memory; this run is on the cpu"),
     *([] if torch.cuda.is_available() else [recipe('device gpu without one', with_run(device='gpu'),
                                                    r'device: gpu, but torch sees no CUDA device here')]),
+    *([] if torch.backends.mps.is_available() else [recipe('device mps without one', with_run(device='mps'),
+                                                           r'device: mps, but torch sees no Apple GPU here')]),
+    recipe('fractional epochs', with_run(max_duration='1.5ep'),
+           r"max_duration: must be a Composer time .* \(epochs; ep, ba and sp count whole units\), got '1.5ep'"),
+    recipe('max_duration in tokens', with_run(max_duration='5tok'),
+           r"max_duration: '5tok' counts tokens, which image batches do not have; use ep, ba or sp"),
+    recipe('warm-up counted in other units than max_duration', with_run(max_duration='128sp'),
+           r'schedulers.cosine_decay_with_warmup.t_warmup: 1ep and t_max 1.0dur \(with max_duration 128sp\) count '
+           r'different units; Composer needs both in epochs or batches, or both in samples'),
+    recipe('negative seed', with_run(seed=-1), r'seed: must be in \[0, 2\*\*32 - 1\], got -1'),
+    recipe('no evaluation batches', with_run(eval_subset_num_batches=0),
+           r'eval_subset_num_batches: must be a positive number of batches, or -1 for all, got 0'),
+    recipe('save_interval of zero', with_run(save_interval='0ba'), r"save_interval: must be positive, got '0ba'"),
+    BadInput('recipe', 'save_folder that is a file', _save_folder_a_file,
+             r"save_folder: 'checkpoints' is a file; give a directory for the checkpoints, or null to write none"),
+    recipe('unresolvable interpolation', with_run(seed='${nope}'),
+           r"seed: cannot resolve an interpolation: Interpolation key 'nope' not found"),
+    BadInput('recipe', 'duplicate section', lambda tmp: ['train', write_text(tmp / 'dup.yaml', 'seed: 1\nseed: 2\n')],
+             r"recipe: '.*dup.yaml' is not valid YAML: found duplicate key seed \(line 2, column 1\)"),
+    recipe('fewer outputs than classes', with_run(model={'efficientnet_b0': {'num_classes': 5}}),
+           r'model.efficientnet_b0.num_classes: is 5, but train_dataset has 10 classes; set num_classes: 10'),
+    recipe('batch larger than the training set', with_run(train_batch_size=4096, train_dataset={'digits': {
+        'is_train': True, 'image_size': 8, 'drop_last': True}}),
+        r'train_batch_size: 4096 \(global\) leaves no whole batch in the training data of 1438 images on 1 '
+        r'process\(es\) with drop_last: true'),
+    recipe('digits of no pixels', with_run(train_dataset={'digits': {'image_size': 0}}),
+           r'train_dataset.digits: image_size must be a positive number of pixels, got 0'),
+    recipe('drop_connect_rate of 1 or more', with_run(model={'efficientnet_b0': {'drop_connect_rate': 1.5}}),
+           r'model.efficientnet_b0: drop_connect_rate must be a number in \[0, 1\), got 1.5'),
+    BadInput('recipe', 'augmenting held-out images', _held_out_augment,
+             r"val_dataset.imagenet: augment: 'randaugment' augments training images only"),
     # Overrides on the command line.
     override('override without =', ['max_duration'], r"max_duration: an override is written key=value"),
     override('override of an unknown parameter', ['optimizers.sgd.lrr=0.1'],
@@ -182,6 +230,10 @@ TABLE: List[BadInput] = [
     override('load_path that does not exist', ['load_path=absent.pt'], r"load_path: file 'absent.pt' does not exist"),
     override('load_path that is not a Composer checkpoint', [f'load_path={__file__}'],
              r"load_path: cannot read checkpoint '.*bad_inputs.py'"),
+    override('list entry past the end', ['algorithms.2={blurpool: {}}'],
+             r'algorithms.2: algorithms has 1 entries \(positions 0 to 0\); algorithms.1=... appends one'),
+    override('exponent that is not a number', ['optimizers.sgd.lr=1e-3x'],
+             r"optimizers.sgd.lr: must be float or Tensor, got '1e-3x'"),
     override('override into a scalar', ['max_duration.epochs=3'],
              r"max_duration: must be str or int, got \{'epochs': 3\}"),
     # Data trees.
@@ -199,6 +251,8 @@ TABLE: List[BadInput] = [
     # Weight files.
     weights('missing weight file', lambda path: None, r"model.efficientnet_b0: Pretrained weights file '.*weights.pt' "
             r'does not exist'),
+    weights('weights path is a directory', lambda path: path.mkdir(),
+            r"model.efficientnet_b0: Pretrained weights '.*weights.pt' is a directory; give the weights file in it"),
     weights('not a torch file', lambda path: path.write_bytes(b'not a checkpoint'),
             r"model.efficientnet_b0: Could not read pretrained weights file '.*weights.pt'"),
     weights('not a state dict', lambda path: torch.save([1, 2, 3], path),
@@ -221,6 +275,13 @@ TABLE: List[BadInput] = [
     cli('eval --json into a missing folder', lambda tmp: ['eval', write_recipe(tmp, RUN), '--json',
                                                           str(tmp / 'missing' / 'results.json')],
         r"--json: folder '.*missing' does not exist", usage=False),
+    cli('eval --json into a directory', lambda tmp: ['eval', write_recipe(tmp, RUN), '--json', str(tmp)],
+        r"--json: '.*' is a directory; give a file name, such as .*eval.json", usage=False),
+    cli('recipe path is a directory', lambda tmp: ['train', str(tmp)], r"recipe: '.*' is a directory; give a recipe "
+        r'file', usage=False),
+    cli('a checkpoint given as the recipe', lambda tmp: ['train', str(_binary(tmp / 'run.pt'))],
+        r"recipe: '.*run.pt' is not a YAML text file \(a checkpoint\? give it as load_path=PATH after the recipe\)",
+        usage=False),
     cli('missing recipe file', lambda tmp: ['train', str(tmp / 'nope.yaml')], r"recipe: file '.*nope.yaml' does not "
         r'exist', usage=False),
     cli('convert without --src', lambda tmp: ['convert-dataset', '--out', str(tmp / 'out')],

@@ -83,6 +83,9 @@ def test_dataloader_options_that_need_workers_are_dropped_without_workers():
                'multiprocessing_context': 'spawn'}
     assert loader_kwargs(options) == {'num_workers': 0, 'pin_memory': True}
     assert loader_kwargs({**options, 'num_workers': 2}) == {**options, 'num_workers': 2}
+    unset = loader_kwargs({**options, 'num_workers': 2, 'timeout': None, 'prefetch_factor': None})
+    assert unset == {'num_workers': 2, 'pin_memory': True, 'persistent_workers': True,
+                     'multiprocessing_context': 'spawn'}  # a recipe's null leaves the DataLoader's default
 
 
 def test_a_dataset_of_only_bad_samples_fails_instead_of_looping():

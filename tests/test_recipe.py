@@ -110,6 +110,26 @@ def test_overrides(tmp_path):
     assert validate(config).precision == 'amp_bf16'
 
 
+def test_override_values_are_read_as_recipe_files_are(tmp_path):
+    """OmegaConf reads 1e-3 in a recipe file as a float; PyYAML alone reads it as a string."""
+    (tmp_path / 'exponent.yaml').write_text(yaml.safe_dump(BASE).replace('lr: 0.1', 'lr: 1e-3'))
+    from_file = load_recipe(str(tmp_path / 'exponent.yaml'))['optimizers']['sgd']['lr']
+    config = load_recipe(write(tmp_path, BASE), ['optimizers.sgd.lr=1e-3', 'optimizers.sgd.weight_decay=5E-5',
+                                                 'seed=1_000', 'run_name=1e3x', 'scale_schedule_ratio=.5'])
+    assert from_file == config['optimizers']['sgd']['lr'] == 0.001
+    assert config['optimizers']['sgd']['weight_decay'] == 5e-5 and config['seed'] == 1000
+    assert config['run_name'] == '1e3x' and config['scale_schedule_ratio'] == 0.5
+
+
+def test_a_list_entry_given_whole_replaces_or_appends(tmp_path):
+    config = load_recipe(write(tmp_path, BASE), ['schedulers.0={constant: {}}', 'algorithms.1={blurpool: {}}',
+                                                 'dataloader={num_workers: 2, prefetch_factor: 4}',
+                                                 'dataloader.prefetch_factor=null'])
+    assert config['schedulers'] == [{'constant': {}}]
+    assert config['algorithms'] == [{'label_smoothing': {'smoothing': 0.1}}, {'blurpool': {}}]
+    assert validate(config).settings['dataloader'] == {'num_workers': 2, 'prefetch_factor': None}
+
+
 def test_a_one_entry_section_given_whole_replaces_the_recipes(tmp_path):
     config = load_recipe(write(tmp_path, BASE), ["optimizers={adamw: {lr: 0.001}}",
                                                  "model={efficientnet_b1: {num_classes: 10}}",

@@ -330,7 +330,7 @@ def test_resuming_with_an_algorithm_that_changes_the_model_is_one_line(resumable
     assert _tiny_main(run, algorithms=[{'blurpool': {}}], max_duration='2ba') == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
-    assert err.startswith(f"composer-efficientnet: recipe error: load_path: '{run / 'checkpoints' / 'ep0-ba1-rank0.pt'}"
+    assert err.startswith(f"composer-efficientnet: recipe error: autoresume: '{run / 'checkpoints' / 'ep0-ba1-rank0.pt'}"
                           f"' does not fit the recipe's model, efficientnet_b0 (it was written by a run of "
                           'efficientnet_b0 with num_classes 10): missing key(s) '
                           'module.stages.1.0.depthwise.conv.blur_filter'), err
@@ -340,11 +340,11 @@ def test_a_run_fine_tunes_onto_new_classes_from_its_checkpoint(resumable, tmp_pa
     """load_path loads the whole model, so a new head is a one-line error that names the way that works: the
     checkpoint as the model's pretrained file, which keeps everything but the classifier."""
     checkpoint = resumable / 'checkpoints' / 'ep0-ba1-rank0.pt'
-    new_head = {'model': {'efficientnet_b0': {'num_classes': 3}}, 'autoresume': False, 'run_name': 'new',
+    new_head = {'model': {'efficientnet_b0': {'num_classes': 12}}, 'autoresume': False, 'run_name': 'new',
                 'save_folder': None}
     assert _tiny_main(tmp_path, load_path=str(checkpoint), load_weights_only=True, **new_head) == 2
     assert 'size mismatch for module.classifier.weight' in capsys.readouterr().err
-    model = composer_efficientnet('efficientnet_b0', num_classes=3, pretrained=checkpoint)
+    model = composer_efficientnet('efficientnet_b0', num_classes=12, pretrained=checkpoint)
     trained = torch.load(checkpoint, map_location='cpu', weights_only=False)['state']['model']
     for name, value in model.state_dict().items():
         if not name.startswith('module.classifier.'):

@@ -67,11 +67,14 @@ def build_digits_dataspec(is_train: bool = True, image_size: int = 32, holdout_f
     ``max_shift`` (pixels at ``image_size``) randomly translates the training images; held-out images are
     never shifted.
     """
+    if image_size < 1:
+        raise ValueError(f'image_size must be a positive number of pixels, got {image_size}.')
     if max_shift < 0 or max_shift >= image_size:
         raise ValueError(f'max_shift must be in [0, image_size), got {max_shift} with image_size {image_size}.')
     dataset = digits_tensors(is_train, image_size, holdout_fraction, split_seed)
     if is_train and max_shift > 0:
         dataset = RandomShift(*dataset.tensors, max_shift=max_shift)
+    dataset.classes = [str(digit) for digit in range(10)]  # as torchvision datasets name theirs
     shuffle = is_train if shuffle is None else shuffle
     loader = make_dataloader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
                              dataloader_kwargs=dataloader_kwargs)

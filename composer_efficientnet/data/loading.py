@@ -16,9 +16,9 @@ _WORKER_ONLY = ('prefetch_factor', 'persistent_workers', 'timeout', 'multiproces
 
 
 def loader_kwargs(dataloader_kwargs: Optional[Dict[str, Any]] = None, **extra: Any) -> Dict[str, Any]:
-    """The recipe's ``dataloader`` section plus ``extra``, without the options that need worker processes
-    when ``num_workers`` is 0 (PyTorch rejects them there rather than ignoring them)."""
-    kwargs = dict(dataloader_kwargs or {}, **extra)
+    """The recipe's ``dataloader`` section plus ``extra``, without the options it unsets (null) and those that
+    need worker processes when ``num_workers`` is 0 (PyTorch rejects them there rather than ignoring them)."""
+    kwargs = {key: value for key, value in dict(dataloader_kwargs or {}, **extra).items() if value is not None}
     if not kwargs.get('num_workers'):
         for key in _WORKER_ONLY:
             kwargs.pop(key, None)

@@ -137,6 +137,9 @@ def image_transform(is_train: bool, crop_size: int, resize_size: int = -1, augme
         raise ValueError(f'crop_size must be a positive number of pixels, got {crop_size}.')
     check_augment(augment)
     if not is_train:
+        if augment is not None:
+            raise ValueError(f"augment: '{augment}' augments training images only; held-out images (is_train: "
+                             'false) are resized and center-cropped, so remove augment here.')
         return v2.Compose([ResizeShorterSide(val_resize_size(crop_size, resize_size), interpolation),
                            v2.CenterCrop(crop_size)])
     steps = [RandomResizedCropFlip(crop_size, interpolation=interpolation)]
