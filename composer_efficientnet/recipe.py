@@ -162,6 +162,8 @@ def _apply_override(config: Any, override: str) -> None:
     if not sep or not key:
         raise RecipeError(override, "an override is written key=value, e.g. 'max_duration=2ep' or "
                           "'optimizers.rmsprop.lr=0.1'")
+    if not all(key.split('.')):
+        raise RecipeError(key, "an override key is names joined by single dots, e.g. 'optimizers.rmsprop.lr'")
     try:
         value = yaml.load(raw, Loader=_OverrideLoader) if raw else None
     except yaml.YAMLError as error:
@@ -262,6 +264,9 @@ def _entries(config: Dict[str, Any], key: str, reg: registry.Registry, single: b
     else:
         raise RecipeError(key, 'must be a mapping {name: {params}} or a list of such single-key mappings')
     if single and len(items) != 1:
+        for name, params in items:  # a name that is not registered is the mistake to report, not the count
+            if str(name) not in reg:
+                _entry(f'{key}.{name}', reg, str(name), params)
         names = [str(name) for name, _ in items]
         swap = (f"; to swap one for another in an override, give the whole section: {key}='{{{names[-1]}: {{...}}}}'"
                 if len(items) > 1 else '')
