@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -74,12 +74,13 @@ class EfficientNetClassifier(ComposerClassifier):
 
 
 def composer_efficientnet(name: str = 'efficientnet_b0', num_classes: int = 1000, drop_connect_rate: float = 0.2,
-                          pretrained: Optional[Union[str, os.PathLike]] = None,
+                          pretrained: Optional[Union[str, os.PathLike, Mapping[str, torch.Tensor]]] = None,
                           **overrides: Any) -> EfficientNetClassifier:
     """Any EfficientNet member as a Composer model, optionally initialized from a torchvision or timm file.
 
-    With ``pretrained`` and a ``num_classes`` other than the checkpoint's, every weight but the
-    classifier's is loaded (fine-tuning). ``overrides`` go to :meth:`EfficientNet.from_name`.
+    ``pretrained`` is a weights file or a state dict. With a ``num_classes`` other than the checkpoint's, or a
+    checkpoint without a classifier (a backbone), every weight but the classifier's is loaded (fine-tuning).
+    ``overrides`` go to :meth:`EfficientNet.from_name`.
 
     Example:
         >>> from composer_efficientnet import composer_efficientnet
@@ -91,14 +92,18 @@ def composer_efficientnet(name: str = 'efficientnet_b0', num_classes: int = 1000
     skip: Tuple[str, ...] = ()
     state_dict = None
     if pretrained is not None:
-        source = weights.read_state_dict(pretrained)
+        source = (weights.read_state_dict(pretrained) if isinstance(pretrained, (str, os.PathLike))
+                  else dict(pretrained))
         overrides = {**weights.source_bn_overrides(source, name), **overrides}
         state_dict = weights.to_native(source)
-        source_classes = state_dict.get('classifier.weight', torch.empty(num_classes)).shape[0]
-        if source_classes != num_classes:
+        if 'classifier.weight' not in state_dict:
+            skip = ('classifier.',)
+            log.warning('The pretrained weights have no classifier (a backbone): the classifier keeps its '
+                        'initialization.')
+        elif state_dict['classifier.weight'].shape[0] != num_classes:
             skip = ('classifier.',)
             log.warning('Pretrained classifier has %d classes, the model %d: the classifier keeps its initialization.',
-                        source_classes, num_classes)
+                        state_dict['classifier.weight'].shape[0], num_classes)
     module = EfficientNet.from_name(name, num_classes=num_classes, drop_connect_rate=drop_connect_rate, **overrides)
     if state_dict is not None:
         weights.load_pretrained(module, state_dict, skip_prefixes=skip)

@@ -15,7 +15,7 @@ from typing import Callable, Dict, Iterable, Mapping, Tuple, Union
 import torch
 from torch import nn
 
-from composer_efficientnet.efficientnet import B0_STAGES, HEAD_CHANNELS, MEMBERS, make_divisible
+from composer_efficientnet.efficientnet import B0_STAGES, HEAD_CHANNELS, MEMBERS, EfficientNet, make_divisible
 
 __all__ = ['from_torchvision', 'from_timm', 'detect_format', 'read_state_dict', 'to_native', 'load_pretrained',
            'source_bn_overrides', 'guess_member', 'WeightsError']
@@ -49,6 +49,9 @@ def _some(keys: Iterable[str], limit: int = 8) -> str:
 
 def from_torchvision(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
     """Rename a ``torchvision.models.efficientnet_bN`` state dict to this package's keys.
+
+    torchvision's B5-B7 were trained with BatchNorm eps 1e-3, which a state dict does not hold: build those
+    members with ``bn_eps=1e-3`` (``composer_efficientnet(..., pretrained=FILE)`` does it for you).
 
     Example:
         >>> import torchvision
@@ -157,7 +160,11 @@ def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
             with torch.serialization.safe_globals(_composer_checkpoint_globals()):
                 loaded = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as error:  # noqa: BLE001 - any reader failure means the same thing to the user
-        raise WeightsError(f"Could not read pretrained weights file '{path}': {error}") from None
+        reason = re.sub(r'\x1b\[[0-9;]*m', '', str(error)).strip().splitlines()
+        raise WeightsError(f"Could not read pretrained weights file '{path}' ({type(error).__name__}: "
+                           f"{reason[0] if reason else 'no detail'}): a weights file is a state dict saved with "
+                           'torch.save or safetensors; a pickled whole model is refused, as it could run code.'
+                           ) from None
     for container in ('state', 'model', 'state_dict'):
         if isinstance(loaded, Mapping) and isinstance(loaded.get(container), Mapping):
             loaded = loaded[container]
@@ -200,11 +207,14 @@ def load_pretrained(model: nn.Module, source: Union[str, os.PathLike, Mapping[st
     initialization. Missing, unexpected or differently shaped keys raise :class:`WeightsError` naming them,
     before any parameter is changed.
     """
+    if not isinstance(model, EfficientNet) and isinstance(getattr(model, 'module', None), EfficientNet):
+        model = model.module  # the Composer model's network
     state_dict = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else source
     incoming = {k: v for k, v in to_native(state_dict).items() if not k.startswith(skip_prefixes)}
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith(skip_prefixes)}
     problems = []
-    if missing := expected.keys() - incoming.keys():
+    # BatchNorm fills a missing step counter itself, as it does for torchvision's models; many ported files lack it
+    if missing := {k for k in expected.keys() - incoming.keys() if not k.endswith('.num_batches_tracked')}:
         problems.append(f'missing {_some(missing)}')
     if unexpected := incoming.keys() - expected.keys():
         problems.append(f'unexpected {_some(unexpected)}')

@@ -87,6 +87,34 @@ def test_fine_tuning_keeps_all_but_classifier(tmp_path, caplog):
     assert 'classifier keeps its initialization' in caplog.text
 
 
+def test_a_backbone_without_classifier_fine_tunes(tmp_path, caplog):
+    source = timm.create_model('efficientnet_b0', num_classes=0).eval()  # timm's headless backbone
+    randomize_batchnorm(source)
+    model = composer_efficientnet('efficientnet_b0', num_classes=7, pretrained=source.state_dict()).eval()
+    assert 'no classifier (a backbone)' in caplog.text
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert relative_error(source(x), model.module.forward_features(x).flatten(1)) < 1e-5
+
+
+def test_files_without_batchnorm_step_counters_load(tmp_path):
+    """Many ported checkpoints drop num_batches_tracked; BatchNorm fills it, as torchvision's models accept."""
+    source = source_model('torchvision', 'efficientnet_b0')
+    state_dict = {k: v for k, v in source.state_dict().items() if not k.endswith('num_batches_tracked')}
+    torch.save(state_dict, tmp_path / 'no_counters.pth')
+    model = composer_efficientnet('efficientnet_b0', pretrained=tmp_path / 'no_counters.pth').eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert relative_error(source(x), model.module(x)) < 1e-5
+
+
+def test_load_pretrained_takes_the_composer_model_too():
+    source = source_model('torchvision', 'efficientnet_b0')
+    model = composer_efficientnet('efficientnet_b0')
+    weights.load_pretrained(model, source.state_dict())
+    assert torch.equal(model.module.stem.conv.weight, source.features[0][0].weight)
+
+
 def test_wrong_member_names_mismatched_keys_and_loads_nothing():
     ours = EfficientNet.from_name('efficientnet_b0')
     before = {k: v.clone() for k, v in ours.state_dict().items()}
