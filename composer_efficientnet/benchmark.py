@@ -614,9 +614,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.report:
         for path in args.report:
-            with open(path) as file:
-                print(format_table(json.load(file)), end='\n\n')
+            try:
+                with open(path) as file:
+                    print(format_table(json.load(file)), end='\n\n')
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                parser.error(f"--report: cannot read '{path}' as this benchmark's JSON ({type(error).__name__}: "
+                             f'{error})')
         return 0
+    if args.json and os.path.isdir(args.json):
+        parser.error(f"--json: '{args.json}' is a directory; give a file name, such as "
+                     f"{os.path.join(args.json, 'benchmark.json')}")
     settings = settings_from_args(args, parser)
     result = run_benchmark(settings, args.json, args.sync_check)
     print(format_table(result))

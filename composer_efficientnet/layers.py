@@ -33,9 +33,9 @@ def drop_path(x: torch.Tensor, drop_rate: Union[float, torch.Tensor], training: 
     """Sample-wise stochastic depth: zero whole samples of a residual branch with probability ``drop_rate``.
 
     Survivors are scaled by ``1 / (1 - drop_rate)`` so the expectation is unchanged; in eval mode, or
-    with a rate of zero given as a Python number, ``x`` is returned as it is. ``drop_rate`` may be a
-    0-d tensor (on ``x``'s device), which lets it change during training without a host sync or a
-    ``torch.compile`` recompilation.
+    with a rate of zero given as a Python number, ``x`` is returned as it is, and a rate of 1 zeroes it.
+    ``drop_rate`` may be a 0-d tensor (on ``x``'s device, below 1), which lets it change during training
+    without a host sync or a ``torch.compile`` recompilation.
 
     Example:
         >>> import torch
@@ -44,10 +44,15 @@ def drop_path(x: torch.Tensor, drop_rate: Union[float, torch.Tensor], training: 
         >>> sorted(set(y[:, 0].tolist())) in ([0.0], [2.0], [0.0, 2.0])
         True
     """
-    if not training or (isinstance(drop_rate, (int, float)) and drop_rate == 0):
-        return x
-    keep_prob = 1.0 - (drop_rate if torch.is_tensor(drop_rate) else torch.tensor(float(drop_rate)))
-    return x * _keep_scale(x, keep_prob)
+    if not torch.is_tensor(drop_rate):
+        if not 0.0 <= drop_rate <= 1.0:
+            raise ValueError(f'drop_rate must be in [0, 1], got {drop_rate!r}.')
+        if not training or drop_rate == 0:
+            return x
+        if drop_rate == 1:  # every sample dropped: no survivor to rescale
+            return x * 0.0
+        return x * _keep_scale(x, torch.tensor(1.0 - drop_rate))
+    return x * _keep_scale(x, 1.0 - drop_rate) if training else x
 
 
 class ConvNormAct(nn.Sequential):

@@ -296,5 +296,11 @@ TABLE: List[BadInput] = [
     cli('benchmark on an unknown device', lambda tmp: ['benchmark', '--device', 'tpu'],
         r"argument --device: invalid choice: 'tpu'"),
     cli('benchmark with a zero batch', lambda tmp: ['benchmark', '--batch-size', '0'], r'argument --batch-size: '),
+    cli('benchmark --json into a directory', lambda tmp: ['benchmark', '--device', 'cpu', '--json', str(tmp)],
+        r"--json: '.*' is a directory; give a file name, such as .*benchmark.json"),
+    cli('benchmark --report of a missing file', lambda tmp: ['benchmark', '--report', str(tmp / 'none.json')],
+        r"--report: cannot read '.*none.json' as this benchmark's JSON \(FileNotFoundError"),
+    cli('benchmark --report of another file', lambda tmp: ['benchmark', '--report', write_text(tmp / 'a.json', '{}')],
+        r"--report: cannot read '.*a.json' as this benchmark's JSON \(KeyError"),
     BadInput('cli', 'convert a tree whose val split is bad', _half_bad_source, r'val/eel: empty class folder'),
 ]

@@ -7,7 +7,7 @@ import torch
 import torchvision
 from composer.algorithms import LabelSmoothing as ComposerLabelSmoothing
 from composer.algorithms import StochasticDepth
-from composer.core import Event
+from composer.core import Callback, Event
 from composer.loggers import InMemoryLogger
 from composer.models import ComposerClassifier
 
@@ -145,12 +145,24 @@ def test_label_smoothing_training_equals_composer():
         assert difference <= 1e-4 * max(value.float().norm(), 1.0), key
 
 
-def test_fused_label_smoothing_adds_no_loss_events():
+def test_fused_label_smoothing_adds_no_loss_events_and_leaves_the_model_as_it_was():
     algorithm = LabelSmoothing(0.1)
-    trainer = digits_trainer([algorithm], max_duration='1ba')
+    seen = []
+    watch = Callback()
+    watch.batch_end = lambda state, logger: seen.append(state.model.label_smoothing)
+    trainer = digits_trainer([algorithm], max_duration='1ba', callbacks=[watch])
     trainer.fit()
-    assert trainer.state.model.label_smoothing == 0.1
+    assert seen == [0.1] and trainer.state.model.label_smoothing == 0.0  # smoothing in fit only, as Composer's
     assert not algorithm.match(Event.BEFORE_LOSS, trainer.state)
+    trainer.fit(duration='1ba')
+    assert seen == [0.1, 0.1] and trainer.state.model.label_smoothing == 0.0
+
+
+def test_label_smoothing_checks_its_argument_when_built():
+    for bad in (-0.1, 1.2, 'x', True):
+        with pytest.raises(ValueError, match=r'smoothing must be a number in \[0, 1\]'):
+            LabelSmoothing(smoothing=bad)
+    assert repr(LabelSmoothing(0.2)) == 'LabelSmoothing(smoothing=0.2)'
 
 
 def test_label_smoothing_on_other_models_is_composers():

@@ -45,6 +45,17 @@ def test_eval_and_zero_rate_are_identity():
     assert drop_path(x, 0.0, training=True) is x
 
 
+def test_rate_one_zeroes_and_rates_outside_zero_one_are_refused():
+    x = torch.randn(8, 4, requires_grad=True)
+    y = drop_path(x, 1.0, training=True)
+    assert torch.equal(y, torch.zeros(8, 4))  # as torchvision's stochastic_depth and timm's drop_path, not NaN
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.zeros(8, 4))
+    for bad in (1.5, -0.5):
+        with pytest.raises(ValueError, match=r'drop_rate must be in \[0, 1\]'):
+            drop_path(x, bad, training=True)
+
+
 def test_tensor_rate():
     torch.manual_seed(0)
     y = drop_path(torch.ones(NUM_SAMPLES, 1), torch.tensor(0.25), training=True)

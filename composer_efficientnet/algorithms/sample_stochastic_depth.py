@@ -118,18 +118,23 @@ def _elapsed(state: State, unit: TimeUnit) -> float:
     return elapsed
 
 
+#: Units a training run advances on image batches; a warm-up in tokens, seconds or iterations would never end.
+_WARMUP_UNITS = (TimeUnit.EPOCH, TimeUnit.BATCH, TimeUnit.SAMPLE, TimeUnit.DURATION)
+
+
 def _as_time(value: Union[str, Time, float, int]) -> Time:
-    if isinstance(value, Time):
-        return value
-    if isinstance(value, (int, float)):
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f'drop_warmup as a number is a fraction of the run in [0, 1], got {value}.')
-        return Time(float(value), TimeUnit.DURATION)
     try:
-        return Time.from_timestring(value)
-    except ValueError:
-        raise ValueError(f"drop_warmup must be a Composer time such as '5ep', '1000ba' or '0.1dur', "
-                         f'or a fraction of the run; got {value!r}.') from None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            time = Time(float(value), TimeUnit.DURATION)
+        else:
+            time = value if isinstance(value, Time) else Time.from_timestring(value)
+    except (ValueError, TypeError):
+        time = None
+    if time is None or time.unit not in _WARMUP_UNITS or time.value < 0 or (
+            time.unit == TimeUnit.DURATION and time.value > 1):
+        raise ValueError(f"drop_warmup must be a Composer time in ep, ba or sp, such as '5ep' or '1000ba', or a "
+                         f"fraction of the run in [0, 1] ('0.1dur' or 0.1); got {value!r}.")
+    return time
 
 
 def _make_mbconv_stochastic(module: MBConv, module_index: int, module_count: int, drop_rate: float,
