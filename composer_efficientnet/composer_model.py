@@ -90,23 +90,22 @@ def composer_efficientnet(name: str = 'efficientnet_b0', num_classes: int = 1000
     """
     name = canonical_name(name)
     skip: Tuple[str, ...] = ()
-    state_dict = None
+    state_dict, notice = None, ''
     if pretrained is not None:
         source = (weights.read_state_dict(pretrained) if isinstance(pretrained, (str, os.PathLike))
                   else dict(pretrained))
         overrides = {**weights.source_bn_overrides(source, name), **overrides}
         state_dict = weights.to_native(source)
         if 'classifier.weight' not in state_dict:
+            skip, notice = ('classifier.',), 'The pretrained weights have no classifier (a backbone)'
+        elif (source_classes := state_dict['classifier.weight'].shape[0]) != num_classes:
             skip = ('classifier.',)
-            log.warning('The pretrained weights have no classifier (a backbone): the classifier keeps its '
-                        'initialization.')
-        elif state_dict['classifier.weight'].shape[0] != num_classes:
-            skip = ('classifier.',)
-            log.warning('Pretrained classifier has %d classes, the model %d: the classifier keeps its initialization.',
-                        state_dict['classifier.weight'].shape[0], num_classes)
+            notice = f'Pretrained classifier has {source_classes} classes, the model {num_classes}'
     module = EfficientNet.from_name(name, num_classes=num_classes, drop_connect_rate=drop_connect_rate, **overrides)
     if state_dict is not None:
         weights.load_pretrained(module, state_dict, skip_prefixes=skip)
+        if skip:  # said once everything else has loaded
+            log.warning('%s: the classifier keeps its initialization.', notice)
     return EfficientNetClassifier(module)
 
 

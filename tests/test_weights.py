@@ -190,3 +190,10 @@ def test_file_without_tensors(tmp_path):
     torch.save({'epoch': 3}, path)
     with pytest.raises(weights.WeightsError, match='does not hold a state dict'):
         weights.read_state_dict(path)
+
+
+def test_classifier_notice_only_when_the_rest_loads(caplog):
+    with pytest.raises(weights.WeightsError, match='looks like efficientnet_b2'):
+        composer_efficientnet('efficientnet_b0', num_classes=10,
+                              pretrained=torchvision.models.efficientnet_b2().state_dict())
+    assert 'classifier keeps its initialization' not in caplog.text
