@@ -89,22 +89,19 @@ def composer_efficientnet(name: str = 'efficientnet_b0', num_classes: int = 1000
         ('EfficientNetClassifier', 10)
     """
     name = canonical_name(name)
-    skip: Tuple[str, ...] = ()
-    state_dict, notice = None, ''
+    state_dict, notice = None, ''  # notice: why the classifier keeps its initialization, if it does
     if pretrained is not None:
-        source = (weights.read_state_dict(pretrained) if isinstance(pretrained, (str, os.PathLike))
-                  else dict(pretrained))
+        source = weights.as_state_dict(pretrained)
         overrides = {**weights.source_bn_overrides(source, name), **overrides}
         state_dict = weights.to_native(source)
         if 'classifier.weight' not in state_dict:
-            skip, notice = ('classifier.',), 'The pretrained weights have no classifier (a backbone)'
+            notice = 'The pretrained weights have no classifier (a backbone)'
         elif (source_classes := state_dict['classifier.weight'].shape[0]) != num_classes:
-            skip = ('classifier.',)
             notice = f'Pretrained classifier has {source_classes} classes, the model {num_classes}'
     module = EfficientNet.from_name(name, num_classes=num_classes, drop_connect_rate=drop_connect_rate, **overrides)
     if state_dict is not None:
-        weights.load_pretrained(module, state_dict, skip_prefixes=skip)
-        if skip:  # said once everything else has loaded
+        weights.load_pretrained(module, state_dict, skip_prefixes=('classifier.',) if notice else ())
+        if notice:  # said once everything else has loaded
             log.warning('%s: the classifier keeps its initialization.', notice)
     return EfficientNetClassifier(module)
 

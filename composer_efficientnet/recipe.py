@@ -395,10 +395,9 @@ def _time(key: str, value: Union[str, int], examples: str) -> Time:
 
 def _check_times(recipe: Recipe) -> None:
     settings = recipe.settings
-    for key in ('eval_interval', 'console_log_interval', 'save_interval'):
-        if settings.get(key) is not None:
-            _time(key, settings[key], "'1ep', '500ba' or '0.5dur'")
-    if settings.get('save_interval') is not None and _time('save_interval', settings['save_interval'], '').value <= 0:
+    intervals = {key: _time(key, settings[key], "'1ep', '500ba' or '0.5dur'")
+                 for key in ('eval_interval', 'console_log_interval', 'save_interval') if settings.get(key) is not None}
+    if 'save_interval' in intervals and intervals['save_interval'].value <= 0:
         raise RecipeError('save_interval', f"must be positive, got {settings['save_interval']!r} (save_folder: null "
                           'writes no checkpoints)')
     duration = settings.get('max_duration')

@@ -17,8 +17,8 @@ from torch import nn
 
 from composer_efficientnet.efficientnet import B0_STAGES, HEAD_CHANNELS, MEMBERS, EfficientNet, make_divisible
 
-__all__ = ['from_torchvision', 'from_timm', 'detect_format', 'read_state_dict', 'to_native', 'load_pretrained',
-           'source_bn_overrides', 'guess_member', 'WeightsError']
+__all__ = ['from_torchvision', 'from_timm', 'detect_format', 'read_state_dict', 'as_state_dict', 'to_native',
+           'load_pretrained', 'source_bn_overrides', 'guess_member', 'WeightsError']
 
 StateDict = Dict[str, torch.Tensor]
 _CONV_NORM = {'0': 'conv', '1': 'bn'}
@@ -173,6 +173,11 @@ def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
     return {re.sub(r'^(module\.|model\.)+', '', key): value for key, value in loaded.items()}
 
 
+def as_state_dict(source: Union[str, os.PathLike, Mapping[str, torch.Tensor]]) -> Mapping[str, torch.Tensor]:
+    """``source`` itself when it is a state dict, else the one :func:`read_state_dict` reads from the file."""
+    return read_state_dict(source) if isinstance(source, (str, os.PathLike)) else source
+
+
 def to_native(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
     """Convert a torchvision, timm or native state dict to this package's keys."""
     return _FORMATS[detect_format(state_dict)][1](state_dict)
@@ -209,7 +214,7 @@ def load_pretrained(model: nn.Module, source: Union[str, os.PathLike, Mapping[st
     """
     if not isinstance(model, EfficientNet) and isinstance(getattr(model, 'module', None), EfficientNet):
         model = model.module  # the Composer model's network
-    state_dict = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else source
+    state_dict = as_state_dict(source)
     incoming = {k: v for k, v in to_native(state_dict).items() if not k.startswith(skip_prefixes)}
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith(skip_prefixes)}
     problems = []
