@@ -4,8 +4,9 @@ from composer_efficientnet.composer_model import EfficientNetClassifier, compose
 from composer_efficientnet.efficientnet import EfficientNet
 from composer_efficientnet import algorithms  # noqa: F401  (lets Composer's StochasticDepth target our blocks)
 from composer_efficientnet.trainer import SyncFreeTrainer
+from composer_efficientnet.weights import WeightsError
 
 __version__ = '0.1.0'
 
 __all__ = ['EfficientNet', 'EfficientNetClassifier', 'SyncFreeTrainer', 'composer_efficientnet', 'composer_efficientnetb0',
-           '__version__']
+           'WeightsError', '__version__']

@@ -100,7 +100,7 @@ def composer_efficientnet(name: str = 'efficientnet_b0', num_classes: int = 1000
             notice = f'Pretrained classifier has {source_classes} classes, the model {num_classes}'
     module = EfficientNet.from_name(name, num_classes=num_classes, drop_connect_rate=drop_connect_rate, **overrides)
     if state_dict is not None:
-        weights.load_pretrained(module, state_dict, skip_prefixes=('classifier.',) if notice else ())
+        weights.load_pretrained(module, source, skip_prefixes=('classifier.',) if notice else ())
         if notice:  # said once everything else has loaded
             log.warning('%s: the classifier keeps its initialization.', notice)
     return EfficientNetClassifier(module)

@@ -7,6 +7,7 @@ Users pass a file or a state dict; nothing is downloaded.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import re
@@ -19,6 +20,8 @@ from composer_efficientnet.efficientnet import B0_STAGES, HEAD_CHANNELS, MEMBERS
 
 __all__ = ['from_torchvision', 'from_timm', 'detect_format', 'read_state_dict', 'as_state_dict', 'to_native',
            'load_pretrained', 'source_bn_overrides', 'guess_member', 'WeightsError']
+
+log = logging.getLogger(__name__)
 
 StateDict = Dict[str, torch.Tensor]
 _CONV_NORM = {'0': 'conv', '1': 'bn'}
@@ -48,10 +51,11 @@ def _some(keys: Iterable[str], limit: int = 8) -> str:
 
 
 def from_torchvision(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
-    """Rename a ``torchvision.models.efficientnet_bN`` state dict to this package's keys.
+    """Rename a ``torchvision.models.efficientnet_bN`` state dict to this package's keys, and nothing more.
 
-    torchvision's B5-B7 were trained with BatchNorm eps 1e-3, which a state dict does not hold: build those
-    members with ``bn_eps=1e-3`` (``composer_efficientnet(..., pretrained=FILE)`` does it for you).
+    A state dict does not hold BatchNorm's eps, and torchvision's B5-B7 were trained with 1e-3: a model that
+    loads this renaming by hand must be built with :func:`source_bn_overrides` (or ``bn_eps=1e-3``) to give
+    torchvision's outputs. :func:`load_pretrained` and ``composer_efficientnet(..., pretrained=...)`` set it.
 
     Example:
         >>> import torchvision
@@ -183,13 +187,30 @@ def to_native(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
     return _FORMATS[detect_format(state_dict)][1](state_dict)
 
 
+#: BatchNorm eps of the members each source trained with another eps than PyTorch's 1e-5.
+_SOURCE_BN_EPS = {
+    'torchvision': {'efficientnet_b5': 1e-3, 'efficientnet_b6': 1e-3, 'efficientnet_b7': 1e-3},
+    'timm': {},
+}
+
+
 def source_bn_overrides(state_dict: Mapping[str, torch.Tensor], name: str) -> Dict[str, float]:
-    """BatchNorm settings the source was trained with where they differ from ours (torchvision's B5-B7,
-    ported from TensorFlow, use eps 1e-3); building with them keeps eval outputs equal to the source's."""
-    if detect_format(state_dict) == 'torchvision' and name in ('efficientnet_b5', 'efficientnet_b6',
-                                                                'efficientnet_b7'):
-        return {'bn_eps': 1e-3}
-    return {}
+    """The BatchNorm eps torchvision or timm trained member ``name`` with, as ``{'bn_eps': eps}`` (empty for
+    this package's own weights, whose eps is the model's); building with it gives the source's eval outputs."""
+    source = detect_format(state_dict)
+    if source not in _SOURCE_BN_EPS:
+        return {}
+    return {'bn_eps': _SOURCE_BN_EPS[source].get(name, 1e-5)}
+
+
+def _set_bn_eps(model: nn.Module, eps: float, why: str) -> None:
+    """Give every BatchNorm layer of ``model`` the eps ``eps``, saying so once if any had another."""
+    layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    if changed := [m for m in layers if m.eps != eps]:
+        log.warning('Set BatchNorm eps to %g on %d of %d layers (was %s), as %s.', eps, len(changed), len(layers),
+                    ', '.join(sorted({f'{m.eps:g}' for m in changed})), why)
+        for layer in changed:
+            layer.eps = eps
 
 
 def guess_member(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -206,11 +227,12 @@ def guess_member(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 def load_pretrained(model: nn.Module, source: Union[str, os.PathLike, Mapping[str, torch.Tensor]],
                     skip_prefixes: Tuple[str, ...] = ()) -> None:
-    """Load torchvision, timm or native weights into ``model``, all or nothing.
+    """Load torchvision, timm or native weights into ``model``, all or nothing, giving the source's outputs.
 
     Keys under ``skip_prefixes`` (``('classifier.',)`` to fine-tune on other classes) keep their
     initialization. Missing, unexpected or differently shaped keys raise :class:`WeightsError` naming them,
-    before any parameter is changed.
+    before any parameter is changed. Weights from torchvision or timm also set the BatchNorm eps their source
+    trained with (see :func:`source_bn_overrides`; a warning says so when the model had another).
     """
     if not isinstance(model, EfficientNet) and isinstance(getattr(model, 'module', None), EfficientNet):
         model = model.module  # the Composer model's network
@@ -230,3 +252,6 @@ def load_pretrained(model: nn.Module, source: Union[str, os.PathLike, Mapping[st
         raise WeightsError(f'Pretrained weights do not fit this model (the checkpoint looks like '
                            f'{guess_member(incoming)}): ' + '; '.join(problems))
     model.load_state_dict(incoming, strict=not skip_prefixes)
+    member = guess_member(incoming)
+    if eps := source_bn_overrides(state_dict, member).get('bn_eps'):
+        _set_bn_eps(model, eps, f'{detect_format(state_dict)} trained {member} with it')

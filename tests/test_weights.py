@@ -70,11 +70,34 @@ def test_composer_model_from_file(tmp_path, library, suffix):
         assert relative_error(source(x), model((x, None))) < 1e-5
 
 
-def test_torchvision_b5_import_uses_its_batchnorm_eps(tmp_path):
-    path = tmp_path / 'b5.pth'
-    torch.save(torchvision.models.efficientnet_b5().state_dict(), path)
-    model = composer_efficientnet('efficientnet_b5', pretrained=str(path))
-    assert model.module.stem.bn.eps == 1e-3
+@pytest.fixture(scope='module')
+def torchvision_b5():
+    return source_model('torchvision', 'efficientnet_b5')
+
+
+@pytest.mark.parametrize('path', ['composer_efficientnet file', 'composer_efficientnet bn_eps=1e-5',
+                                  'load_pretrained'])
+def test_torchvision_b5_import_uses_its_batchnorm_eps_on_every_path(tmp_path, caplog, torchvision_b5, path):
+    """torchvision's B5 was trained with eps 1e-3; every loading path ends with its outputs."""
+    file = tmp_path / 'b5.pth'
+    torch.save(torchvision_b5.state_dict(), file)
+    if path == 'load_pretrained':
+        model = EfficientNet.from_name('efficientnet_b5')
+        weights.load_pretrained(model, torchvision_b5.state_dict())
+    else:
+        overrides = {'bn_eps': 1e-5} if 'bn_eps' in path else {}
+        model = composer_efficientnet('efficientnet_b5', pretrained=file, **overrides).module
+    assert {m.eps for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {1e-3}
+    changed = [r for r in caplog.records if 'Set BatchNorm eps to 0.001' in r.getMessage()]
+    assert len(changed) == (0 if path == 'composer_efficientnet file' else 1)
+    x = torch.randn(1, 3, 33, 33)
+    with torch.no_grad():
+        assert relative_error(torchvision_b5(x), model.eval()(x)) < 1e-5
+
+
+def test_weights_error_is_exported():
+    from composer_efficientnet import WeightsError
+    assert WeightsError is weights.WeightsError
 
 
 def test_fine_tuning_keeps_all_but_classifier(tmp_path, caplog):
