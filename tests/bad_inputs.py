@@ -216,6 +216,9 @@ TABLE: List[BadInput] = [
         r'process\(es\) with drop_last: true'),
     recipe('digits of no pixels', with_run(train_dataset={'digits': {'image_size': 0}}),
            r'train_dataset.digits: image_size must be a positive number of pixels, got 0'),
+    recipe('mean on the 0-255 scale', with_run(val_dataset={'digits': {
+        'is_train': False, 'image_size': 8, 'mean': [123.7, 116.3, 103.5]}}),
+        r'val_dataset.digits: mean: must be 3 numbers in \[0, 1\] \(red, green, blue, for pixels scaled to \[0, 1\]'),
     recipe('drop_connect_rate of 1 or more', with_run(model={'efficientnet_b0': {'drop_connect_rate': 1.5}}),
            r'model.efficientnet_b0: drop_connect_rate must be a number in \[0, 1\), got 1.5'),
     BadInput('recipe', 'augmenting held-out images', _held_out_augment,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +11,7 @@ from sklearn.datasets import load_digits
 from torch.utils.data import Dataset, TensorDataset
 
 from composer_efficientnet.data.loading import make_dataloader, make_dataspec
+from composer_efficientnet.data.transforms import normalize_on_device
 
 __all__ = ['digits_tensors', 'RandomShift', 'build_digits_dataspec']
 
@@ -60,13 +61,15 @@ class RandomShift(Dataset):
 
 def build_digits_dataspec(is_train: bool = True, image_size: int = 32, holdout_fraction: float = 0.2,
                           split_seed: int = 0, shuffle: Optional[bool] = None, drop_last: bool = False,
-                          max_shift: int = 0, *, batch_size: int, seed: int = 17,
+                          max_shift: int = 0, mean: Optional[Sequence[float]] = None,
+                          std: Optional[Sequence[float]] = None, *, batch_size: int, seed: int = 17,
                           dataloader_kwargs: Optional[Dict[str, Any]] = None) -> DataSpec:
     """A Composer DataSpec over the digits; ``shuffle`` defaults to ``is_train``.
 
     ``max_shift`` (pixels at ``image_size``) randomly translates the training images; held-out images are
-    never shifted.
+    never shifted. ``mean`` and ``std`` normalize on the device (ImageNet's by default).
     """
+    normalize = normalize_on_device(mean, std)
     if image_size < 1:
         raise ValueError(f'image_size must be a positive number of pixels, got {image_size}.')
     if max_shift < 0 or max_shift >= image_size:
@@ -78,4 +81,4 @@ def build_digits_dataspec(is_train: bool = True, image_size: int = 32, holdout_f
     shuffle = is_train if shuffle is None else shuffle
     loader = make_dataloader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
                              dataloader_kwargs=dataloader_kwargs)
-    return make_dataspec(loader)
+    return make_dataspec(loader, transform=normalize)

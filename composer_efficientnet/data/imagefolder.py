@@ -20,7 +20,8 @@ from torchvision.io import read_file
 from composer_efficientnet.data.bad_samples import BadSampleTracker, load_or_replace
 from composer_efficientnet.data.errors import DatasetLayoutError, SplitNotFoundError
 from composer_efficientnet.data.loading import make_dataloader, make_dataspec
-from composer_efficientnet.data.transforms import Interpolation, decode_image_bytes, image_transform
+from composer_efficientnet.data.transforms import (Interpolation, decode_image_bytes, image_transform,
+                                                    normalize_on_device)
 
 __all__ = ['IMAGE_EXTENSIONS', 'SPLITS', 'scan_split', 'ImageFolderDataset', 'build_imagenet_dataspec']
 
@@ -145,7 +146,8 @@ class ImageFolderDataset(Dataset):
 def build_imagenet_dataspec(datadir: str, is_train: bool = True, resize_size: int = -1,
                             crop_size: Optional[int] = None, shuffle: Optional[bool] = None,
                             drop_last: Optional[bool] = None, augment: Optional[str] = None, strict: bool = False,
-                            interpolation: Interpolation = 'bilinear', *,
+                            interpolation: Interpolation = 'bilinear', mean: Optional[Sequence[float]] = None,
+                            std: Optional[Sequence[float]] = None, *,
                             batch_size: int, seed: int = 17, dataloader_kwargs: Optional[Dict[str, Any]] = None,
                             model_resolution: int = 224) -> DataSpec:
     """ImageNet (or any ImageFolder tree) from ``datadir/train`` or ``datadir/val``, uint8 out of the workers.
@@ -153,13 +155,15 @@ def build_imagenet_dataspec(datadir: str, is_train: bool = True, resize_size: in
     ``crop_size`` defaults to the model's native resolution; ``shuffle`` and ``drop_last`` default to
     ``is_train``; ``augment`` adds ``autoaugment`` or ``randaugment`` to training; ``strict`` makes an
     unreadable image an error instead of a skipped, counted sample; ``interpolation`` is the resizes'
-    (``bicubic`` to evaluate torchvision's or timm's weights as they were). See
+    (``bicubic`` to evaluate torchvision's or timm's weights as they were); ``mean`` and ``std`` normalize on the
+    device (ImageNet's by default; torchvision's EfficientNetV2-L weights use 0.5, 0.5, 0.5 for both). See
     :func:`~composer_efficientnet.data.transforms.image_transform` for the transforms.
     """
+    normalize = normalize_on_device(mean, std)
     crop_size = model_resolution if crop_size is None else crop_size
     transform = image_transform(is_train, crop_size, resize_size, augment, interpolation)
     dataset = ImageFolderDataset(os.path.join(datadir, SPLITS[is_train]), transform=transform, strict=strict)
     loader = make_dataloader(dataset, batch_size=batch_size, shuffle=is_train if shuffle is None else shuffle,
                              drop_last=is_train if drop_last is None else drop_last, seed=seed,
                              dataloader_kwargs=dataloader_kwargs)
-    return make_dataspec(loader)
+    return make_dataspec(loader, transform=normalize)

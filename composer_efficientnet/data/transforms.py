@@ -8,6 +8,7 @@ measures both).
 
 from __future__ import annotations
 
+from collections import abc
 from typing import Any, Callable, Dict, Literal, Optional, Sequence, Tuple
 
 import torch
@@ -18,7 +19,7 @@ from torchvision.transforms import v2
 
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'AUGMENTATIONS', 'VAL_CROP_FRACTION', 'Interpolation', 'NormalizeOnDevice',
            'RandomResizedCropFlip', 'ResizeShorterSide', 'decode_image_bytes', 'resize_uint8', 'image_transform',
-           'val_resize_size', 'check_augment']
+           'val_resize_size', 'check_augment', 'normalize_on_device']
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -146,6 +147,26 @@ def image_transform(is_train: bool, crop_size: int, resize_size: int = -1, augme
     if augment is not None:
         steps.append(AUGMENTATIONS[augment]())
     return v2.Compose(steps)
+
+
+def normalize_on_device(mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None
+                        ) -> 'NormalizeOnDevice':
+    """The device transform of a dataset's ``mean`` and ``std`` parameters (ImageNet's where None), checked.
+
+    Both are 3 numbers, red, green, blue, on the [0, 1] scale images are divided to first (as torchvision's
+    and timm's weight metadata give them), std above 0. A ValueError names the parameter otherwise, so a
+    0-255 scale mean (123.7, ...) is refused rather than silently giving images of the wrong range.
+    """
+    given = {'mean': IMAGENET_MEAN if mean is None else mean, 'std': IMAGENET_STD if std is None else std}
+    for name, values in given.items():
+        numbers = isinstance(values, abc.Sequence) and not isinstance(values, str) and len(values) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if not numbers or not all((0 < v <= 1) if name == 'std' else (0 <= v <= 1) for v in values):
+            allowed = 'in (0, 1]' if name == 'std' else 'in [0, 1]'
+            raise ValueError(f'{name}: must be 3 numbers {allowed} (red, green, blue, for pixels scaled to [0, 1]; '
+                             f'ImageNet\'s: {", ".join(map(str, IMAGENET_MEAN if name == "mean" else IMAGENET_STD))}), '
+                             f'got {values!r}.')
+    return NormalizeOnDevice(given['mean'], given['std'])
 
 
 class NormalizeOnDevice:
