@@ -59,13 +59,22 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from composer_efficientnet.data.streaming import convert_imagefolder_to_mds
+    from composer_efficientnet.data.convert import convert_imagefolder_to_mds
     try:
-        convert_imagefolder_to_mds(args.src, args.out)
+        summaries = convert_imagefolder_to_mds(args.src, args.out, split=args.split, workers=args.workers,
+                                               strict=args.strict)
     except (ValueError, OSError, ImportError) as error:
         print(f'composer-efficientnet convert-dataset: {error}', file=sys.stderr)
         return 2
+    for summary in summaries.values():
+        print(summary)
     return 0
+
+
+def _workers(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of processes, got '{text}'")
+    return int(text)
 
 
 KINDS = ('models', 'algorithms', 'callbacks', 'loggers', 'optimizers', 'schedulers', 'datasets')
@@ -84,8 +93,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     listing.add_argument('kind', nargs='?', choices=KINDS)
     commands.add_parser('info', help='print the EfficientNet family table')
     convert = commands.add_parser('convert-dataset', help='write an ImageFolder tree as MosaicML Streaming shards')
-    convert.add_argument('--src', required=True, help='ImageFolder root (with train/ and/or val/)')
-    convert.add_argument('--out', required=True, help='output directory for the MDS shards')
+    convert.add_argument('--src', required=True, help='ImageFolder root (with train/ and/or val/ of <class>/<image>)')
+    convert.add_argument('--out', required=True, help='output directory (or object store URL) for the MDS shards, '
+                         'one folder per split')
+    convert.add_argument('--split', metavar='NAME', help='convert --src as the single split NAME, laid out as '
+                         '<class>/<image>, into OUT/NAME')
+    convert.add_argument('--workers', type=_workers, metavar='N', help='processes reading and checking images '
+                         '(default: the cores of this machine); the shards are the same for any N')
+    convert.add_argument('--strict', action='store_true', help='stop at the first unreadable image and remove what '
+                         'was written, instead of skipping it and naming it in the summary')
     if argv and argv[0] == 'train':
         from composer_efficientnet import train
         return train.main(argv[1:])

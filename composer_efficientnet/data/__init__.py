@@ -9,11 +9,12 @@ Workers return uint8 images; the DataSpec's microbatch transform normalizes them
 """
 
 from composer_efficientnet.data.bad_samples import BadSampleReport, BadSampleTracker
+from composer_efficientnet.data.convert import convert_imagefolder_to_mds
 from composer_efficientnet.data.digits import build_digits_dataspec
 from composer_efficientnet.data.errors import (DATA_ERRORS, BrokenDatasetError, CorruptImageError,
                                                DatasetLayoutError, OptionalDependencyError, SplitNotFoundError)
 from composer_efficientnet.data.imagefolder import ImageFolderDataset, build_imagenet_dataspec
-from composer_efficientnet.data.streaming import build_streaming_imagenet_dataspec, convert_imagefolder_to_mds
+from composer_efficientnet.data.streaming import build_streaming_imagenet_dataspec
 from composer_efficientnet.data.synthetic import build_synthetic_dataspec
 from composer_efficientnet.data.transforms import NormalizeOnDevice
 

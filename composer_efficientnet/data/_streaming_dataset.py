@@ -1,46 +1,185 @@
-"""The StreamingDataset subclass behind ``streaming_imagenet``.
+"""The StreamingDataset subclass behind ``streaming_imagenet``, for MDS shards however they were written.
 
 Kept apart from :mod:`composer_efficientnet.data.streaming`, which imports this module only when streaming
 data is used: ``mosaicml-streaming`` is an optional extra, and spawned DataLoader workers must be able to
 import the class by name to unpickle the dataset.
+
+The image column may be encoded as ``bytes`` (our converter), ``jpeg`` or ``png`` (Streaming's converters,
+most ``MDSWriter`` scripts), ``pil`` (raw pixels and a PIL mode) or ``ndarray`` (uint8 pixels, height x width
+x channels). Streaming would decode ``jpeg``/``png``/``pil`` to PIL images; instead every column but the label
+is read as raw bytes (each shard reader's encoding for it is set to ``bytes`` once the readers are built) and
+the image is decoded once, by the same :func:`decode_image_bytes` the ImageFolder path uses, so identical
+source bytes give identical pixels. Extra columns are never decoded.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
+from PIL import Image
 from streaming import StreamingDataset
+from streaming.base.format import MDSReader
+from streaming.base.format.mds.encodings import mds_decode
 
 from composer_efficientnet.data.bad_samples import BadSampleTracker, load_or_replace
+from composer_efficientnet.data.errors import DatasetLayoutError
 from composer_efficientnet.data.transforms import decode_image_bytes
 
-__all__ = ['StreamingImageDataset']
+__all__ = ['StreamingImageDataset', 'ENCODED_IMAGE_ENCODINGS', 'LABEL_ENCODINGS', 'decode_image_column']
+
+#: Image column encodings whose raw bytes are an encoded file (JPEG, PNG, WebP, GIF) for the decoder.
+ENCODED_IMAGE_ENCODINGS = ('bytes', 'jpeg', 'png')
+
+#: Label column encodings: Streaming decodes them to Python ints.
+LABEL_ENCODINGS = ('int', 'int8', 'int16', 'int32', 'int64', 'uint8', 'uint16', 'uint32', 'uint64', 'str_int')
+
+_PIXEL_ENCODINGS = ('pil', 'ndarray')  # raw pixels; ndarray may carry ':dtype[:shape]'
+
+
+def _base(encoding: str) -> str:
+    return encoding.split(':', 1)[0]
+
+
+def _pixels_to_chw(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 pixels (height x width, or height x width x 1, 3 or 4 channels) as a uint8 RGB CHW tensor.
+
+    Grayscale is repeated to three channels and alpha dropped, as the decoder's RGB mode does. The result is a
+    channels-last view of one copy of the pixels, the layout the resize kernels want.
+    """
+    if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] not in
+                                                                 (1, 3, 4)):
+        raise ValueError(f'pixels of dtype {pixels.dtype} and shape {tuple(pixels.shape)}; expected uint8, '
+                         'height x width x 1, 3 or 4 channels')
+    image = torch.from_numpy(pixels.copy()).view(pixels.shape[0], pixels.shape[1], -1).permute(2, 0, 1)
+    if image.shape[0] == 1:
+        return image.expand(3, -1, -1).contiguous()
+    return image[:3]
+
+
+def _decode_pil(data: bytes) -> torch.Tensor:
+    """Streaming's ``pil`` layout: width, height and mode length (uint32 each), the mode, then raw pixels."""
+    width, height, mode_size = (int(v) for v in np.frombuffer(data[:12], np.uint32))
+    mode = data[12:12 + mode_size].decode('utf-8')
+    raw = data[12 + mode_size:]
+    if mode in ('RGB', 'L'):
+        return _pixels_to_chw(np.frombuffer(raw, np.uint8).reshape(height, width, -1))
+    return _pixels_to_chw(np.asarray(Image.frombytes(mode, (width, height), raw).convert('RGB')))
+
+
+def decode_image_column(encoding: str, data: bytes) -> torch.Tensor:
+    """The raw bytes of one sample's image column, written with MDS ``encoding``, as a uint8 RGB CHW tensor.
+
+    Args:
+        encoding: The column's encoding in the shard index, e.g. ``jpeg`` or ``ndarray:uint8``.
+        data: The column's bytes as stored in the shard.
+
+    Raises RuntimeError or ValueError for data that cannot be decoded (handled as a bad sample).
+    """
+    base = _base(encoding)
+    if base in ENCODED_IMAGE_ENCODINGS:
+        return decode_image_bytes(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    if base == 'pil':
+        return _decode_pil(data)
+    if base == 'ndarray':
+        return _pixels_to_chw(mds_decode(encoding, data))
+    raise ValueError(f"image column encoding '{encoding}' is not readable")
+
+
+def _columns(shard: MDSReader) -> str:
+    return ', '.join(f'{name} ({encoding})' for name, encoding in zip(shard.column_names, shard.column_encodings))
+
+
+def check_columns(shards: Sequence[Any], image_key: str, label_key: str, allow_unsafe_types: bool,
+                  where: str) -> Tuple[str, List[str]]:
+    """Check that every shard is MDS with the same columns, holding a readable image and an integer label.
+
+    Returns the image column's encoding and the column names. Raises a one-line DatasetLayoutError naming
+    ``where`` otherwise.
+    """
+    first = shards[0]
+    for shard in shards:
+        if not isinstance(shard, MDSReader):
+            raise DatasetLayoutError(f'{where}: shards in {type(shard).__name__} format; expected MDS shards '
+                                     '(written by streaming.MDSWriter).')
+        if (shard.column_names, shard.column_encodings) != (first.column_names, first.column_encodings):
+            raise DatasetLayoutError(f'{where}: shards with different columns ({_columns(first)} and '
+                                     f'{_columns(shard)}); expected one column layout for the whole split.')
+    encodings = dict(zip(first.column_names, first.column_encodings))
+    for key, name in (('image_key', image_key), ('label_key', label_key)):
+        if name not in encodings:
+            raise DatasetLayoutError(f"{where}: no column '{name}' ({key}); the shards have columns "
+                                     f'{_columns(first)}. Set image_key and label_key to the columns that hold '
+                                     'the image and the class index.')
+    for key, name in (('image_key', image_key), ('label_key', label_key)):
+        if encodings[name] == 'pkl':
+            raise DatasetLayoutError(f"{where}: column '{name}' ({key}) is pickled (pkl), which is not supported: "
+                                     'unpickling runs whatever the data says. Rewrite it with an image encoding '
+                                     '(bytes, jpeg, png, pil, ndarray) or an integer label encoding (int).')
+    image_encoding = encodings[image_key]
+    base, _, dtype = image_encoding.partition(':')
+    if base not in ENCODED_IMAGE_ENCODINGS + _PIXEL_ENCODINGS or (base == 'ndarray' and dtype and
+                                                                 not dtype.startswith('uint8')):
+        raise DatasetLayoutError(f"{where}: image column '{image_key}' is encoded as '{image_encoding}'; expected "
+                                 'one image per sample as bytes, jpeg, png, pil or ndarray (uint8, height x width '
+                                 'x channels).')
+    if encodings[label_key] not in LABEL_ENCODINGS:
+        raise DatasetLayoutError(f"{where}: label column '{label_key}' is encoded as '{encodings[label_key]}'; "
+                                 f'expected a class index in one of {", ".join(LABEL_ENCODINGS)}.')
+    pickled = [name for name, encoding in encodings.items() if encoding == 'pkl']
+    if pickled and not allow_unsafe_types:
+        raise DatasetLayoutError(f'{where}: column(s) {", ".join(pickled)} are pickled (pkl), and Streaming opens '
+                                 'shards with pickled columns only from trusted data; if you trust these shards, '
+                                 'set allow_unsafe_types: true (the columns are ignored, never unpickled).')
+    return image_encoding, list(first.column_names)
 
 
 class StreamingImageDataset(StreamingDataset):
-    """MDS shards of ``{'x': encoded image bytes, 'y': int label, 'path': source path}`` as
-    ``(uint8 CHW image, int label)`` samples, with the same bad-sample handling as the ImageFolder path."""
+    """MDS shards with an image column (``image_key``) and a class-index column (``label_key``) as
+    ``(uint8 CHW image, int label)`` samples, with the same bad-sample handling as the ImageFolder path.
+
+    Args:
+        transform: The host transform applied to each decoded image.
+        strict: Raise on the first unreadable image instead of replacing and counting it.
+        image_key: The column holding the image.
+        label_key: The column holding the class index.
+        allow_unsafe_types: Accept shards with pickled (``pkl``) extra columns; they are never unpickled.
+        kwargs: ``streaming.StreamingDataset``'s arguments.
+    """
 
     def __init__(self, *, transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, strict: bool = False,
+                 image_key: str = 'x', label_key: str = 'y', allow_unsafe_types: bool = False,
                  **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        # Streaming's own pickle check would refuse with its keyword's name; check_columns below refuses, naming
+        # the recipe's, before any sample is read (opening the index unpickles nothing).
+        super().__init__(allow_unsafe_types=True, **kwargs)
+        stream = self.streams[0]
+        self.where = f"{(stream.remote or stream.local).rstrip('/')}/{stream.split or ''}".rstrip('/')
+        self.image_encoding, columns = check_columns(self.shards, image_key, label_key, allow_unsafe_types,
+                                                     self.where)
+        for shard in self.shards:
+            shard.column_encodings = [encoding if name == label_key else 'bytes'
+                                      for name, encoding in zip(shard.column_names, shard.column_encodings)]
+        self.image_key, self.label_key = image_key, label_key
+        self.has_path = 'path' in columns
         self.transform = transform
         self.strict = strict
         self.bad_samples = BadSampleTracker()
 
     def _load(self, index: int) -> Tuple[torch.Tensor, int]:
         sample = super().get_item(index)
-        return decode_image_bytes(torch.frombuffer(bytearray(sample['x']), dtype=torch.uint8)), int(sample['y'])
+        return decode_image_column(self.image_encoding, sample[self.image_key]), int(sample[self.label_key])
 
     def describe(self, index: int) -> str:
-        """The sample's source path as recorded at conversion, with its shard location."""
-        stream = self.streams[0]
-        where = stream.remote or stream.local
+        """The sample's source path if the shards record one (our converter's ``path`` column), and its index."""
+        where = f'sample {index} of {self.where}'
+        if not self.has_path:
+            return where
         try:
-            return f"{super().get_item(index)['path']} (sample {index} of {where}/{stream.split or ''})"
+            return f"{super().get_item(index)['path'].decode('utf-8', 'replace')} ({where})"
         except Exception:  # noqa: BLE001  (only a description for a message; never hide the real error)
-            return f'sample {index} of {where}/{stream.split or ""}'
+            return where
 
     def get_item(self, sample_id: int, retry: int = 7) -> Tuple[torch.Tensor, int]:
         image, label = load_or_replace(sample_id, self.num_samples, self._load, self.describe, self.bad_samples,

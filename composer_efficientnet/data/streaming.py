@@ -1,31 +1,28 @@
-"""ImageNet in MosaicML Streaming (MDS) shards: conversion from an ImageFolder tree, and the DataSpec.
+"""ImageNet from MosaicML Streaming (MDS) shards as a DataSpec, however the shards were written.
 
-Shards hold the original encoded bytes (JPEG for ImageNet), not decoded pixels, so they are as small as the
-source tree. Reading goes through ``streaming.StreamingDataset``, which partitions samples over nodes,
-processes and workers deterministically, caches shards from a remote (a local directory or any object store
-it supports) in ``local``, and resumes mid-epoch. ``mosaicml-streaming`` is the optional extra
+Reading goes through ``streaming.StreamingDataset``, which partitions samples over nodes, processes and
+workers deterministically, caches shards from a remote (a local directory or any object store it supports) in
+``local``, and resumes mid-epoch. The shards may come from ``composer-efficientnet convert-dataset`` (see
+:mod:`composer_efficientnet.data.convert`), from Streaming's own ImageNet converter or from any ``MDSWriter``
+script: the image and label columns are parameters, the image may be encoded as ``bytes``, ``jpeg``, ``png``,
+``pil`` or ``ndarray``, and other columns are ignored. ``mosaicml-streaming`` is the optional extra
 ``composer-efficientnet[streaming]``; it is imported only when these functions run.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence
 
 from composer.core import DataSpec
 
 from composer_efficientnet.data.errors import OptionalDependencyError, SplitNotFoundError
-from composer_efficientnet.data.imagefolder import SPLITS, scan_split
+from composer_efficientnet.data.imagefolder import SPLITS
 from composer_efficientnet.data.loading import loader_kwargs, make_dataspec
-from composer_efficientnet.data.transforms import Interpolation, image_transform
+from composer_efficientnet.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, Interpolation, NormalizeOnDevice,
+                                                   image_transform)
 
-__all__ = ['MDS_COLUMNS', 'convert_imagefolder_to_mds', 'build_streaming_imagenet_dataspec', 'require_streaming']
-
-log = logging.getLogger(__name__)
-
-#: The columns of every shard: encoded image bytes, class index, and the source path for error messages.
-MDS_COLUMNS = {'x': 'bytes', 'y': 'int', 'path': 'str'}
+__all__ = ['build_streaming_imagenet_dataspec', 'require_streaming', 'is_url', 'split_location']
 
 
 def require_streaming() -> Any:
@@ -39,47 +36,14 @@ def require_streaming() -> Any:
     return streaming
 
 
-def _is_url(location: str) -> bool:
+def is_url(location: str) -> bool:
+    """Whether ``location`` is an object store URL (``s3://...``) rather than a local path."""
     return '://' in location
 
 
-def _join(location: str, split: str) -> str:
-    return f"{location.rstrip('/')}/{split}" if _is_url(location) else os.path.join(location, split)
-
-
-def convert_imagefolder_to_mds(src: str, out: str, splits: Sequence[str] = tuple(SPLITS.values()),
-                               size_limit: Union[int, str] = '64mb',
-                               compression: Optional[str] = None) -> Dict[str, int]:
-    """Write each split of the ImageFolder tree ``src`` that exists (``train``, ``val``) as MDS shards under
-    ``out/<split>``; returns the number of samples written per split.
-
-    Each split is checked as :func:`~composer_efficientnet.data.imagefolder.scan_split` checks it, and
-    labels are the same class indices the ImageFolder path uses. ``out`` may be a local directory or any
-    remote ``streaming.MDSWriter`` accepts; a local split directory must be empty or absent.
-    """
-    streaming = require_streaming()
-    present = [split for split in splits if os.path.isdir(os.path.join(src, split))]
-    if not present:
-        raise SplitNotFoundError(f'{src}: none of the splits {", ".join(splits)} exists there; expected an '
-                                 'ImageFolder tree such as train/<class>/<image>.JPEG.')
-    scanned = {}  # every split is checked before anything is written, so a bad tree leaves no shards behind
-    for split in present:
-        split_out = _join(out, split)
-        if not _is_url(split_out) and os.path.isdir(split_out) and os.listdir(split_out):
-            raise FileExistsError(f'{split_out}: output directory is not empty; expected an empty or missing '
-                                  'directory (remove it to convert again).')
-        scanned[split] = scan_split(os.path.join(src, split))[1:]
-    counts: Dict[str, int] = {}
-    for split, (paths, labels) in scanned.items():
-        split_dir, split_out = os.path.join(src, split), _join(out, split)
-        log.info('Writing %d samples of %s to %s', len(paths), split_dir, split_out)
-        with streaming.MDSWriter(out=split_out, columns=MDS_COLUMNS, compression=compression,
-                                 size_limit=size_limit) as writer:
-            for path, label in zip(paths, labels):
-                with open(os.path.join(split_dir, path), 'rb') as file:
-                    writer.write({'x': file.read(), 'y': label, 'path': path})
-        counts[split] = len(paths)
-    return counts
+def split_location(location: str, split: str) -> str:
+    """The directory or URL of ``split`` under ``location``."""
+    return f"{location.rstrip('/')}/{split}" if is_url(location) else os.path.join(location, split)
 
 
 def _check_shards(remote: Optional[str], local: Optional[str], split: str) -> None:
@@ -88,12 +52,23 @@ def _check_shards(remote: Optional[str], local: Optional[str], split: str) -> No
         raise ValueError('streaming_imagenet: set remote (where the shards are: a directory or an object store '
                          'URL), local (a cache directory, or the shards themselves), or both.')
     location = remote if remote is not None else local
-    if not _is_url(location):
+    if not is_url(location):
         index = os.path.join(location, split, 'index.json')
         if not os.path.isfile(index):
-            raise SplitNotFoundError(f'{index}: MDS index not found; expected shards written by '
-                                     f'`composer-efficientnet convert-dataset --src IMAGEFOLDER --out {location}` '
-                                     f'with a {split}/ split.')
+            raise SplitNotFoundError(f'{index}: MDS index not found; expected MDS shards of the {split} split '
+                                     f'there, such as `composer-efficientnet convert-dataset --src IMAGEFOLDER '
+                                     f'--out {location}` or Streaming\'s ImageNet converter writes.')
+
+
+def _normalization(mean: Optional[Sequence[float]], std: Optional[Sequence[float]]) -> NormalizeOnDevice:
+    mean = IMAGENET_MEAN if mean is None else mean
+    std = IMAGENET_STD if std is None else std
+    for name, values in (('mean', mean), ('std', std)):
+        if len(values) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ValueError(f'{name}: must be 3 numbers (red, green, blue), got {list(values)}.')
+    if min(std) <= 0:
+        raise ValueError(f'std: every value must be positive, got {list(std)}.')
+    return NormalizeOnDevice(mean, std)
 
 
 def build_streaming_imagenet_dataspec(remote: Optional[str] = None, local: Optional[str] = None,
@@ -102,6 +77,8 @@ def build_streaming_imagenet_dataspec(remote: Optional[str] = None, local: Optio
                                       shuffle: Optional[bool] = None, drop_last: Optional[bool] = None,
                                       strict: bool = False, cache_limit: Optional[str] = None,
                                       predownload: Optional[int] = None, interpolation: Interpolation = 'bilinear',
+                                      image_key: str = 'x', label_key: str = 'y', allow_unsafe_types: bool = False,
+                                      mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                                       *, batch_size: int, seed: int = 17,
                                       dataloader_kwargs: Optional[Dict[str, Any]] = None,
                                       model_resolution: int = 224) -> DataSpec:
@@ -110,21 +87,29 @@ def build_streaming_imagenet_dataspec(remote: Optional[str] = None, local: Optio
     ``split`` defaults to ``train`` or ``val`` from ``is_train``. A local ``remote`` with no ``local`` is read
     in place; otherwise shards are copied from ``remote`` into ``local`` (``cache_limit`` bounds that cache,
     e.g. ``'100gb'``). The shuffle is StreamingDataset's, seeded with the recipe's seed.
+
+    The image is the column ``image_key`` (``bytes``, ``jpeg``, ``png``, ``pil`` or uint8 ``ndarray``), the
+    class index the column ``label_key``; the columns are checked when the dataset is built, before any worker
+    starts. Streaming opens shards with pickled (``pkl``) columns only when ``allow_unsafe_types`` declares them
+    trusted; extra columns are never decoded. ``mean`` and ``std`` (3 numbers each; ImageNet's by default) are
+    the normalization applied on the device. See
+    :func:`~composer_efficientnet.data.imagefolder.build_imagenet_dataspec` for the transform parameters.
     """
     streaming = require_streaming()
     from composer_efficientnet.data._streaming_dataset import StreamingImageDataset
 
     split = SPLITS[is_train] if split is None else split
     _check_shards(remote, local, split)
-    if remote is not None and local is None and not _is_url(remote):
+    if remote is not None and local is None and not is_url(remote):
         remote, local = None, remote
     crop_size = model_resolution if crop_size is None else crop_size
     transform = image_transform(is_train, crop_size, resize_size, augment, interpolation)
-    dataset = StreamingImageDataset(transform=transform,
-                                    strict=strict, remote=remote, local=local, split=split,
+    normalize = _normalization(mean, std)
+    dataset = StreamingImageDataset(transform=transform, strict=strict, image_key=image_key, label_key=label_key,
+                                    allow_unsafe_types=allow_unsafe_types, remote=remote, local=local, split=split,
                                     shuffle=is_train if shuffle is None else shuffle, shuffle_seed=seed,
                                     batch_size=batch_size, cache_limit=cache_limit, predownload=predownload)
     loader = streaming.StreamingDataLoader(dataset, batch_size=batch_size,
                                            drop_last=is_train if drop_last is None else drop_last,
                                            **loader_kwargs(dataloader_kwargs))
-    return make_dataspec(loader, num_samples=dataset.epoch_size)
+    return make_dataspec(loader, normalize, num_samples=dataset.epoch_size)
