@@ -81,6 +81,20 @@ def _empty_class(root: Path) -> None:
         image.unlink()
 
 
+def streaming_data(name: str, columns: Dict[str, str], message: str, **params: Any) -> BadInput:
+    """A recipe reading MDS shards of the tree's train split written with ``columns`` (image, label, pickle)."""
+    def setup(tmp: Path) -> List[str]:
+        from streaming import MDSWriter
+        image, label, extra = columns
+        with MDSWriter(out=str(tmp / 'mds' / 'train'), columns=columns) as writer:
+            for number, path in enumerate(sorted(make_tree(tmp / 'imagenet', per_class=1).rglob('train/*/*'))):
+                writer.write({image: path.read_bytes(), label: number, extra: {'source': path.name}})
+        dataset = {'streaming_imagenet': {'remote': str(tmp / 'mds'), 'crop_size': 16, **params}}
+        return ['train', write_recipe(tmp, with_run(train_dataset=dataset))]
+
+    return BadInput('data', name, setup, message)
+
+
 # -- weight files for model.efficientnet_b0.pretrained ----------------------------------------------------------
 
 def weights(name: str, content: Callable[[Path], None], message: str) -> BadInput:
@@ -124,6 +138,15 @@ def _half_bad_source(tmp: Path) -> List[str]:
     shutil.rmtree(root / 'val' / 'eel')
     (root / 'val' / 'eel').mkdir()
     return ['convert-dataset', '--src', str(root), '--out', str(tmp / 'out')]
+
+
+def _convert(*options: str, breaking: Callable[[Path], None] = lambda root: None) -> Setup:
+    def setup(tmp: Path) -> List[str]:
+        root = make_tree(tmp / 'src', per_class=1)
+        breaking(root)
+        return ['convert-dataset', '--src', str(root), '--out', str(tmp / 'out'), *options]
+
+    return setup
 
 
 def _binary(path: Path) -> Path:
@@ -254,6 +277,15 @@ TABLE: List[BadInput] = [
          r'train_dataset.imagenet: .*labels.csv.*expected only one subfolder per class'),
     data('train and val classes differ', lambda root: shutil.copytree(root / 'val' / 'eel', root / 'val' / 'fox'),
          r"only in train: none; only in val: \['fox'\]"),
+    streaming_data('MDS shards without the named columns', {'img': 'jpeg', 'cls': 'int', 'meta': 'json'},
+                   r"train_dataset.streaming_imagenet: .*mds/train: no column 'x' \(image_key\); the shards have "
+                   r'columns cls \(int\), img \(jpeg\), meta \(json\)\. Set image_key and label_key'),
+    streaming_data('MDS shards with a pickled column', {'x': 'jpeg', 'y': 'int', 'meta': 'pkl'},
+                   r'train_dataset.streaming_imagenet: .*mds/train: column\(s\) meta are pickled \(pkl\), and '
+                   r'Streaming opens shards with pickled columns only from trusted data; .* allow_unsafe_types: true'),
+    streaming_data('MDS shards with a pickled image column', {'img': 'pkl', 'y': 'int', 'meta': 'json'},
+                   r"train_dataset.streaming_imagenet: .*mds/train: column 'img' \(image_key\) is pickled \(pkl\), "
+                   r'which is not supported', image_key='img', allow_unsafe_types=True),
     # Weight files.
     weights('missing weight file', lambda path: None, r"model.efficientnet_b0: Pretrained weights file '.*weights.pt' "
             r'does not exist'),
@@ -306,4 +338,14 @@ TABLE: List[BadInput] = [
     cli('benchmark --report of another file', lambda tmp: ['benchmark', '--report', write_text(tmp / 'a.json', '{}')],
         r"--report: cannot read '.*a.json' as this benchmark's JSON \(KeyError"),
     BadInput('cli', 'convert a tree whose val split is bad', _half_bad_source, r'val/eel: empty class folder'),
+    cli('convert --strict with an unreadable image', _convert('--strict', '--workers', '1', breaking=lambda root: (
+        root / 'val' / 'dog' / '0.jpg').write_bytes(b'not a JPEG')),
+        r'src/val/dog/0.jpg: cannot read or decode this image .* or convert without --strict', usage=False),
+    cli('convert with zero workers', _convert('--workers', '0'),
+        r"argument --workers: expected a positive number of processes, got '0'"),
+    cli('convert --split of a tree with splits', _convert('--split', 'train'),
+        r'src: holds the split folder\(s\) train, val, but --split train reads .*; drop --split', usage=False),
+    cli('convert --split of a missing folder', lambda tmp: ['convert-dataset', '--src', str(tmp / 'none'), '--out',
+                                                          str(tmp / 'out'), '--split', 'train'],
+        r'none: split directory not found', usage=False),
 ]
