@@ -14,7 +14,7 @@ source bytes give identical pixels. Extra columns are never decoded.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -80,38 +80,44 @@ def decode_image_column(encoding: str, data: bytes) -> torch.Tensor:
     base = _base(encoding)
     if base in ENCODED_IMAGE_ENCODINGS:
         return decode_image_bytes(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-    if base == 'pil':
-        return _decode_pil(data)
-    if base == 'ndarray':
-        return _pixels_to_chw(mds_decode(encoding, data))
+    try:
+        if base == 'pil':
+            return _decode_pil(data)
+        if base == 'ndarray':
+            return _pixels_to_chw(mds_decode(encoding, data))
+    except (KeyError, IndexError) as error:  # a damaged header: an unknown dtype code, too few bytes
+        raise ValueError(f'{encoding} data with a damaged header ({error!r})') from error
     raise ValueError(f"image column encoding '{encoding}' is not readable")
 
 
-def _columns(shard: MDSReader) -> str:
-    return ', '.join(f'{name} ({encoding})' for name, encoding in zip(shard.column_names, shard.column_encodings))
+def _described(encodings: Dict[str, str]) -> str:
+    return ', '.join(f'{name} ({encoding})' for name, encoding in encodings.items())
 
 
-def check_columns(shards: Sequence[Any], image_key: str, label_key: str, allow_unsafe_types: bool,
-                  where: str) -> Tuple[str, List[str]]:
-    """Check that every shard is MDS with the same columns, holding a readable image and an integer label.
-
-    Returns the image column's encoding and the column names. Raises a one-line DatasetLayoutError naming
-    ``where`` otherwise.
-    """
-    first = shards[0]
+def _column_layout(shards: Sequence[Any], where: str) -> Dict[str, str]:
+    """Column name -> encoding of a split's shards, which must all be MDS shards with the same columns."""
+    layouts = []
     for shard in shards:
         if not isinstance(shard, MDSReader):
             raise DatasetLayoutError(f'{where}: shards in {type(shard).__name__} format; expected MDS shards '
                                      '(written by streaming.MDSWriter).')
-        if (shard.column_names, shard.column_encodings) != (first.column_names, first.column_encodings):
-            raise DatasetLayoutError(f'{where}: shards with different columns ({_columns(first)} and '
-                                     f'{_columns(shard)}); expected one column layout for the whole split.')
-    encodings = dict(zip(first.column_names, first.column_encodings))
+        layouts.append(dict(zip(shard.column_names, shard.column_encodings)))
+    for layout in layouts:
+        if layout != layouts[0]:
+            raise DatasetLayoutError(f'{where}: shards with different columns ({_described(layouts[0])} and '
+                                     f'{_described(layout)}); expected one column layout for the whole split.')
+    return layouts[0]
+
+
+def _check_columns(encodings: Dict[str, str], image_key: str, label_key: str, allow_unsafe_types: bool,
+                   where: str) -> None:
+    """Raise a one-line DatasetLayoutError naming ``where`` unless the columns hold a readable image and an
+    integer label, and pickled columns are declared trusted."""
     for key, name in (('image_key', image_key), ('label_key', label_key)):
         if name not in encodings:
             raise DatasetLayoutError(f"{where}: no column '{name}' ({key}); the shards have columns "
-                                     f'{_columns(first)}. Set image_key and label_key to the columns that hold '
-                                     'the image and the class index.')
+                                     f'{_described(encodings)}. Set image_key and label_key to the columns that '
+                                     'hold the image and the class index.')
     for key, name in (('image_key', image_key), ('label_key', label_key)):
         if encodings[name] == 'pkl':
             raise DatasetLayoutError(f"{where}: column '{name}' ({key}) is pickled (pkl), which is not supported: "
@@ -132,7 +138,6 @@ def check_columns(shards: Sequence[Any], image_key: str, label_key: str, allow_u
         raise DatasetLayoutError(f'{where}: column(s) {", ".join(pickled)} are pickled (pkl), and Streaming opens '
                                  'shards with pickled columns only from trusted data; if you trust these shards, '
                                  'set allow_unsafe_types: true (the columns are ignored, never unpickled).')
-    return image_encoding, list(first.column_names)
 
 
 class StreamingImageDataset(StreamingDataset):
@@ -151,13 +156,14 @@ class StreamingImageDataset(StreamingDataset):
     def __init__(self, *, transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, strict: bool = False,
                  image_key: str = 'x', label_key: str = 'y', allow_unsafe_types: bool = False,
                  **kwargs: Any) -> None:
-        # Streaming's own pickle check would refuse with its keyword's name; check_columns below refuses, naming
+        # Streaming's own pickle check would refuse with its keyword's name; _check_columns refuses, naming
         # the recipe's, before any sample is read (opening the index unpickles nothing).
         super().__init__(allow_unsafe_types=True, **kwargs)
         stream = self.streams[0]
         self.where = f"{(stream.remote or stream.local).rstrip('/')}/{stream.split or ''}".rstrip('/')
-        self.image_encoding, columns = check_columns(self.shards, image_key, label_key, allow_unsafe_types,
-                                                     self.where)
+        columns = _column_layout(self.shards, self.where)
+        _check_columns(columns, image_key, label_key, allow_unsafe_types, self.where)
+        self.image_encoding = columns[image_key]
         for shard in self.shards:
             shard.column_encodings = [encoding if name == label_key else 'bytes'
                                       for name, encoding in zip(shard.column_names, shard.column_encodings)]

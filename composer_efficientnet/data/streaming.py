@@ -19,8 +19,7 @@ from composer.core import DataSpec
 from composer_efficientnet.data.errors import OptionalDependencyError, SplitNotFoundError
 from composer_efficientnet.data.imagefolder import SPLITS
 from composer_efficientnet.data.loading import loader_kwargs, make_dataspec
-from composer_efficientnet.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, Interpolation, NormalizeOnDevice,
-                                                   image_transform)
+from composer_efficientnet.data.transforms import Interpolation, image_transform, normalize_on_device
 
 __all__ = ['build_streaming_imagenet_dataspec', 'require_streaming', 'is_url', 'split_location']
 
@@ -60,17 +59,6 @@ def _check_shards(remote: Optional[str], local: Optional[str], split: str) -> No
                                      f'--out {location}` or Streaming\'s ImageNet converter writes.')
 
 
-def _normalization(mean: Optional[Sequence[float]], std: Optional[Sequence[float]]) -> NormalizeOnDevice:
-    mean = IMAGENET_MEAN if mean is None else mean
-    std = IMAGENET_STD if std is None else std
-    for name, values in (('mean', mean), ('std', std)):
-        if len(values) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            raise ValueError(f'{name}: must be 3 numbers (red, green, blue), got {list(values)}.')
-    if min(std) <= 0:
-        raise ValueError(f'std: every value must be positive, got {list(std)}.')
-    return NormalizeOnDevice(mean, std)
-
-
 def build_streaming_imagenet_dataspec(remote: Optional[str] = None, local: Optional[str] = None,
                                       is_train: bool = True, split: Optional[str] = None, resize_size: int = -1,
                                       crop_size: Optional[int] = None, augment: Optional[str] = None,
@@ -91,8 +79,8 @@ def build_streaming_imagenet_dataspec(remote: Optional[str] = None, local: Optio
     The image is the column ``image_key`` (``bytes``, ``jpeg``, ``png``, ``pil`` or uint8 ``ndarray``), the
     class index the column ``label_key``; the columns are checked when the dataset is built, before any worker
     starts. Streaming opens shards with pickled (``pkl``) columns only when ``allow_unsafe_types`` declares them
-    trusted; extra columns are never decoded. ``mean`` and ``std`` (3 numbers each; ImageNet's by default) are
-    the normalization applied on the device. See
+    trusted; extra columns, pickled or not, are never decoded. ``mean`` and ``std`` (3 numbers each; ImageNet's
+    by default) are the normalization applied on the device. See
     :func:`~composer_efficientnet.data.imagefolder.build_imagenet_dataspec` for the transform parameters.
     """
     streaming = require_streaming()
@@ -104,7 +92,7 @@ def build_streaming_imagenet_dataspec(remote: Optional[str] = None, local: Optio
         remote, local = None, remote
     crop_size = model_resolution if crop_size is None else crop_size
     transform = image_transform(is_train, crop_size, resize_size, augment, interpolation)
-    normalize = _normalization(mean, std)
+    normalize = normalize_on_device(mean, std)
     dataset = StreamingImageDataset(transform=transform, strict=strict, image_key=image_key, label_key=label_key,
                                     allow_unsafe_types=allow_unsafe_types, remote=remote, local=local, split=split,
                                     shuffle=is_train if shuffle is None else shuffle, shuffle_seed=seed,
