@@ -29,7 +29,7 @@ from composer_efficientnet.data.errors import message_of
 from composer_efficientnet.recipe import Recipe, RecipeError, load_recipe, validate
 from composer_efficientnet.resume import check_checkpoint, checkpoint_must_fit, newest_run_checkpoint
 from composer_efficientnet.runner import (build_data, check_data_fits, held_out_metrics,
-                                         ignore_short_last_batch_warnings, run_settings)
+                                         ignore_short_last_batch_warnings, report_recipe_error, run_settings)
 
 __all__ = ['build_evaluator', 'checkpoint_to_load', 'evaluate', 'main']
 
@@ -39,8 +39,8 @@ def checkpoint_to_load(recipe: Recipe) -> Optional[str]:
     the run's local ``save_folder``; ``None`` when the model's ``pretrained`` file gives the weights. With
     ``load_path`` the model is still built from ``pretrained`` first, as in the run that fine-tuned it.
 
-    A :class:`RecipeError` when there are no weights, or when both ``pretrained`` and a checkpoint in
-    ``save_folder`` could be meant.
+    A :class:`RecipeError` when there are no weights, when both ``pretrained`` and a checkpoint in
+    ``save_folder`` could be meant, or when the checkpoint is unreadable or would run code when loaded.
     """
     load_path = recipe.settings.get('load_path')
     if load_path:
@@ -53,6 +53,8 @@ def checkpoint_to_load(recipe: Recipe) -> Optional[str]:
         raise RecipeError('load_path', f'is not set, and both model.{recipe.model.name}.pretrained ({pretrained}) and '
                           f'the newest checkpoint in save_folder ({newest}) could be the weights: set '
                           f'load_path={newest} to evaluate the run, or save_folder=null to evaluate {pretrained}')
+    if newest:
+        check_checkpoint(newest, recipe, key='save_folder')
     if newest or pretrained:
         return newest
     local_folder = save_folder and not parse_uri(save_folder)[0]
@@ -122,11 +124,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         recipe = validate(load_recipe(args.recipe, args.overrides), world_size=dist.get_world_size(), purpose='eval')
         trainer = build_evaluator(recipe)
         results = evaluate(trainer)
-    except (RecipeError, *DATA_ERRORS) as error:
+    except RecipeError as error:
         if args.debug:
             raise
-        kind = 'recipe error: ' if isinstance(error, RecipeError) else ''
-        print(f'composer-efficientnet: {kind}{message_of(error)}', file=sys.stderr)
+        return report_recipe_error(error)
+    except DATA_ERRORS as error:
+        if args.debug:
+            raise
+        print(f'composer-efficientnet: {message_of(error)}', file=sys.stderr)
         return 2
     source = trainer.state.load_path or recipe.model.params['pretrained']
     trainer.close()

@@ -25,7 +25,8 @@ from omegaconf.errors import OmegaConfBaseException
 from composer_efficientnet import registry
 from composer_efficientnet.efficientnet import MEMBERS, canonical_name
 
-__all__ = ['RecipeError', 'Entry', 'Recipe', 'load_recipe', 'validate', 'PRECISIONS', 'DATASET_CONTEXT']
+__all__ = ['RecipeError', 'RecipeErrors', 'Entry', 'Recipe', 'load_recipe', 'validate', 'mistakes_of', 'PRECISIONS',
+           'DATASET_CONTEXT']
 
 
 class RecipeError(ValueError):
@@ -34,6 +35,42 @@ class RecipeError(ValueError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f'{key}: {message}')
         self.key = key
+
+
+class RecipeErrors(RecipeError):
+    """Every mistake :func:`validate` found in one recipe, so that one run of the command reports them all."""
+
+    def __init__(self, errors: Sequence[RecipeError]) -> None:
+        ValueError.__init__(self, '\n'.join(str(error).splitlines()[0] for error in errors))
+        self.key = errors[0].key
+        self.errors = list(errors)
+
+
+def mistakes_of(error: RecipeError) -> List[str]:
+    """One line per mistake that ``error`` reports."""
+    return [str(mistake).splitlines()[0] for mistake in getattr(error, 'errors', [error])]
+
+
+class _Mistakes:
+    """Collects the mistakes of independent checks instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.errors: List[RecipeError] = []
+
+    def check(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``function(*args, **kwargs)``, or ``None`` after recording the mistakes it raised."""
+        try:
+            return function(*args, **kwargs)
+        except RecipeError as error:
+            self.errors.extend(getattr(error, 'errors', [error]))
+            return None
+
+    def raise_any(self) -> None:
+        """Raise what was collected: the one mistake itself, or all of them."""
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise RecipeErrors(self.errors)
 
 
 #: Legacy precision names of Composer's YAML recipes, and today's.
@@ -53,7 +90,7 @@ _SCALARS: Dict[str, Tuple[type, ...]] = {
     'dataloader': (dict,), 'train_subset_num_batches': (int,), 'eval_subset_num_batches': (int,),
     'dist_timeout': (int, float), 'progress_bar': (bool,), 'log_to_console': (bool,),
     'console_log_interval': (str, int), 'python_log_level': (str,), 'sync_free': (bool,),
-    'cudnn_benchmark': (bool,),
+    'cudnn_benchmark': (bool,), 'load_trusted': (bool,),
 }
 _SINGLE = {'model': registry.models, 'train_dataset': registry.datasets, 'val_dataset': registry.datasets,
            'optimizers': registry.optimizers}
@@ -213,43 +250,51 @@ def _by_position(config: Any, key: str) -> str:
 
 
 def validate(config: Dict[str, Any], world_size: int = 1, purpose: Literal['train', 'eval'] = 'train') -> Recipe:
-    """Check the whole recipe and resolve its names; raises :class:`RecipeError` at the first mistake.
+    """Check the whole recipe and resolve its names; raises :class:`RecipeError` for a mistake, and
+    :class:`RecipeErrors` naming every one when there are several.
 
     For ``purpose='eval'`` the sections in :data:`TRAINING_ONLY` are dropped unchecked (a run's training data
     need not exist where its checkpoint is evaluated) and the held-out data is required instead.
     """
+    mistakes = _Mistakes()
     for key in config:
         if key not in SECTIONS:
-            raise RecipeError(key, f'unknown section{_closest(key, SECTIONS)}; valid sections: {", ".join(SECTIONS)}')
+            mistakes.errors.append(RecipeError(key, f'unknown section{_closest(key, SECTIONS)}; valid sections: '
+                                               f'{", ".join(SECTIONS)}'))
+    config = {key: value for key, value in config.items() if key in SECTIONS}
     if purpose == 'eval':
         config = {key: value for key, value in config.items() if key not in TRAINING_ONLY}
     for key in _REQUIRED[purpose]:
         if config.get(key) is None:
-            raise RecipeError(key, 'is required')
+            mistakes.errors.append(RecipeError(key, 'is required'))
     for key, types in _SCALARS.items():
         if config.get(key) is not None and (not isinstance(config[key], types) or isinstance(config[key], bool)
                                             and bool not in types):
-            raise RecipeError(key, f'must be {" or ".join(t.__name__ for t in types)}, got {config[key]!r}')
-    singles = {key: _entries(config, key, reg, single=True) for key, reg in _SINGLE.items() if config.get(key)}
-    many = {key: _entries(config, key, reg, single=False) for key, reg in _MANY.items()}
-    recipe = Recipe(model=singles['model'][0], train_dataset=singles.get('train_dataset', [None])[0],
+            mistakes.errors.append(RecipeError(key, f'must be {" or ".join(t.__name__ for t in types)}, got '
+                                               f'{config[key]!r}'))
+            config.pop(key)  # the checks below read only well-typed settings
+    singles = {key: mistakes.check(_entries, config, key, reg, single=True) or [None]
+               for key, reg in _SINGLE.items() if config.get(key)}
+    many = {key: mistakes.check(_entries, config, key, reg, single=False) or [] for key, reg in _MANY.items()}
+    recipe = Recipe(model=singles.get('model', [None])[0], train_dataset=singles.get('train_dataset', [None])[0],
                     optimizer=singles.get('optimizers', [None])[0], val_dataset=singles.get('val_dataset', [None])[0],
                     settings={k: config[k] for k in _SCALARS if config.get(k) is not None}, world_size=world_size,
                     **many)
-    _check_batches(recipe)
-    _check_times(recipe)
-    _check_augmentation(recipe)
-    _check_dataloader(recipe.settings.get('dataloader', {}))
-    recipe.precision = _precision(recipe.settings.get('precision'))
-    _check_device(recipe.settings.get('device'))
-    _check_autoresume(recipe.settings)
-    _check_run_settings(recipe.settings)
+    for check in (_check_batches, _check_times, _check_algorithms):
+        mistakes.check(check, recipe)
+    mistakes.check(_check_dataloader, recipe.settings.get('dataloader', {}))
+    recipe.precision = mistakes.check(_precision, recipe.settings.get('precision'))
+    mistakes.check(_check_device, recipe.settings.get('device'))
+    mistakes.check(_check_autoresume, recipe.settings)
+    mistakes.check(_check_run_settings, recipe.settings)
     level = recipe.settings.get('python_log_level')
     if level is not None and level.upper() not in _LOG_LEVELS:
-        raise RecipeError('python_log_level', f'unknown level {level!r}; valid: {", ".join(_LOG_LEVELS).lower()}')
+        mistakes.errors.append(RecipeError('python_log_level', f'unknown level {level!r}; valid: '
+                                           f'{", ".join(_LOG_LEVELS).lower()}'))
     if recipe.settings.get('cudnn_benchmark') and recipe.settings.get('deterministic_mode'):
-        raise RecipeError('cudnn_benchmark', 'true picks convolution algorithms by timing them, which '
-                          'deterministic_mode: true forbids; set one of them to false')
+        mistakes.errors.append(RecipeError('cudnn_benchmark', 'true picks convolution algorithms by timing them, '
+                                           'which deterministic_mode: true forbids; set one of them to false'))
+    mistakes.raise_any()
     return recipe
 
 
@@ -263,15 +308,16 @@ def _entries(config: Dict[str, Any], key: str, reg: registry.Registry, single: b
         items = [(item, {}) for item in value]
     else:
         raise RecipeError(key, 'must be a mapping {name: {params}} or a list of such single-key mappings')
-    if single and len(items) != 1:
-        for name, params in items:  # a name that is not registered is the mistake to report, not the count
-            if str(name) not in reg:
-                _entry(f'{key}.{name}', reg, str(name), params)
+    mistakes = _Mistakes()
+    entries = [mistakes.check(_entry, f'{key}.{name}', reg, str(name), params) for name, params in items]
+    if single and len(items) != 1 and all(str(name) in reg for name, _ in items):  # else the name is the mistake
         names = [str(name) for name, _ in items]
         swap = (f"; to swap one for another in an override, give the whole section: {key}='{{{names[-1]}: {{...}}}}'"
                 if len(items) > 1 else '')
-        raise RecipeError(key, f'selects exactly one {reg.kind[:-1]}, got {len(items)}: {", ".join(names)}{swap}')
-    return [_entry(f'{key}.{name}', reg, str(name), params) for name, params in items]
+        mistakes.errors.append(RecipeError(key, f'selects exactly one {reg.kind[:-1]}, got {len(items)}: '
+                                           f'{", ".join(names)}{swap}'))
+    mistakes.raise_any()
+    return entries
 
 
 def _entry(key: str, reg: registry.Registry, name: str, params: Any) -> Entry:
@@ -293,20 +339,22 @@ def _check_params(key: str, target: Callable[..., Any], params: Dict[str, Any], 
     accepted = {n: p for n, p in signature.parameters.items() if n not in skip and n != 'self' and p.kind not in (
         inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
     takes_any = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+    mistakes = _Mistakes()
     for name in params:
         if name not in accepted and not takes_any:
-            raise RecipeError(f'{key}.{name}', f'unknown parameter{_closest(name, accepted)}; valid parameters: '
-                              f'{", ".join(accepted) or "none"}')
+            mistakes.errors.append(RecipeError(f'{key}.{name}', f'unknown parameter{_closest(name, accepted)}; valid '
+                                               f'parameters: {", ".join(accepted) or "none"}'))
     for name, parameter in accepted.items():
         if parameter.default is inspect.Parameter.empty and name not in params:
-            raise RecipeError(f'{key}', f"missing required parameter '{name}'")
+            mistakes.errors.append(RecipeError(f'{key}', f"missing required parameter '{name}'"))
     hints = _type_hints(target)
     for name, value in params.items():
         hint = hints.get(name)
         if hint is not None and not _matches(value, hint):
-            raise RecipeError(f'{key}.{name}', f'must be {_describe(hint)}, got {value!r}')
+            mistakes.errors.append(RecipeError(f'{key}.{name}', f'must be {_describe(hint)}, got {value!r}'))
     if reg is registry.datasets and 'datadir' in params and not os.path.isdir(str(params['datadir'])):
-        raise RecipeError(f'{key}.datadir', f"directory '{params['datadir']}' does not exist")
+        mistakes.errors.append(RecipeError(f'{key}.datadir', f"directory '{params['datadir']}' does not exist"))
+    mistakes.raise_any()
 
 
 def _type_hints(target: Callable[..., Any]) -> Dict[str, Any]:
@@ -368,7 +416,7 @@ def _check_batches(recipe: Recipe) -> None:
     if recipe.val_dataset is not None and 'eval_batch_size' not in recipe.settings:
         raise RecipeError('eval_batch_size', 'is required when val_dataset is set')
     accum = recipe.settings.get('grad_accum')
-    if accum is None:
+    if accum is None or 'train_batch_size' not in recipe.settings:  # a missing batch size is its own mistake
         return
     if isinstance(accum, str) and accum != 'auto':
         raise RecipeError('grad_accum', f"must be a positive integer or 'auto', got {accum!r}")
@@ -436,16 +484,9 @@ def _check_warmup_units(recipe: Recipe, duration: Time) -> None:
                               'batches, or both in samples (dur is a share of max_duration)')
 
 
-_VISION_DATASET_ALGORITHMS = ('randaugment', 'augmix')
-
-
-def _check_augmentation(recipe: Recipe) -> None:
-    train_dataset = recipe.train_dataset.name if recipe.train_dataset else None
-    for entry in recipe.algorithms:
-        if entry.name in _VISION_DATASET_ALGORITHMS and train_dataset in ('imagenet', 'streaming_imagenet'):
-            raise RecipeError(entry.key, f"Composer's {entry.name} needs a torchvision VisionDataset; with "
-                              f"{train_dataset} use its own parameter instead: "
-                              f"train_dataset.{train_dataset}.augment: randaugment (or autoaugment)")
+def _check_algorithms(recipe: Recipe) -> None:
+    from composer_efficientnet.algorithms.compatibility import check_algorithms  # it imports this module
+    check_algorithms(recipe)
 
 
 def _check_dataloader(options: Dict[str, Any]) -> None:

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import time
 import warnings
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from composer import Trainer
 from composer.core import DataSpec
 from composer.loggers import ConsoleLogger, ProgressBarLogger
+from composer.utils import dist
 
-from composer_efficientnet.recipe import Entry, Recipe, RecipeError
+from composer_efficientnet.algorithms.compatibility import check_algorithms_fit_data
+from composer_efficientnet.data.loading import DeviceDataSpec
+from composer_efficientnet.recipe import Entry, Recipe, RecipeError, mistakes_of
 
-__all__ = ['device_and_precision', 'configure_cudnn', 'build_data', 'check_data_fits', 'run_settings',
-           'held_out_metrics', 'ignore_short_last_batch_warnings']
+__all__ = ['run_device', 'device_and_precision', 'configure_cudnn', 'build_data', 'check_data_fits', 'run_settings',
+           'held_out_metrics', 'ignore_short_last_batch_warnings', 'fail_on_every_process', 'report_recipe_error']
+
+#: How long processes other than a node's first wait before exiting after a mistake all of them found, so that
+#: Composer's launcher sees the first one's exit status (it stops the others and reports the first exit it finds).
+LAUNCHER_GRACE_S = 30.0
 
 #: Recipe settings passed to Composer's ``Trainer`` under the same name, when the recipe sets them.
 TRAINER_PASSTHROUGH = ('eval_interval', 'scale_schedule_ratio', 'load_path', 'load_weights_only', 'autoresume',
@@ -28,20 +37,50 @@ def ignore_short_last_batch_warnings() -> None:
     warnings.filterwarnings('ignore', message='Cannot split tensor of length')
 
 
-def device_and_precision(recipe: Recipe) -> Tuple[str, Optional[str]]:
-    """The recipe's device (a GPU when there is one, unless it says) and precision; mixed precision on a CPU
-    falls back to fp32 with one warning line."""
+def fail_on_every_process(lines: Sequence[str], status: int) -> int:
+    """Report a mistake that every process of the run finds (a recipe mistake): each line once on stderr, and
+    ``status`` as the exit status of the command and of Composer's launcher around it.
+
+    Only each node's first process prints; the others wait for the launcher to stop them. Without the wait, the
+    launcher could see one of them exit first, print its output too, stop the first process and exit with that
+    one's signal status (241) instead of ``status``.
+    """
+    if dist.get_local_rank() == 0:
+        for line in lines:
+            print(line, file=sys.stderr)
+        sys.stderr.flush()
+    elif dist.get_local_world_size() > 1:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # stopped by the launcher: not reported as a crash of its own
+        time.sleep(LAUNCHER_GRACE_S)
+    return status
+
+
+def report_recipe_error(error: RecipeError) -> int:
+    """Every mistake of ``error``, one line each as ``composer-efficientnet: recipe error: ...``; exit status 2."""
+    return fail_on_every_process([f'composer-efficientnet: recipe error: {line}' for line in mistakes_of(error)], 2)
+
+
+def run_device(recipe: Recipe) -> str:
+    """The recipe's device, ``'gpu'``, ``'cpu'`` or ``'mps'``: a GPU when there is one, unless it says; a
+    :class:`RecipeError` when it names one that is not here."""
     device = recipe.settings.get('device') or ('gpu' if torch.cuda.is_available() else 'cpu')
     device = next(iter(device)) if isinstance(device, dict) else device
-    if recipe.settings.get('grad_accum') == 'auto' and device != 'gpu':
-        raise RecipeError('grad_accum', f"auto sizes microbatches to a GPU's memory; this run is on the {device}: "
-                          'give a number of microbatches instead')
     if device == 'gpu' and not torch.cuda.is_available():
         raise RecipeError('device', 'gpu, but torch sees no CUDA device here (torch.cuda.is_available() is False); '
                           'set device: cpu, or leave device out to use a GPU when there is one')
     if device == 'mps' and not torch.backends.mps.is_available():
         raise RecipeError('device', 'mps, but torch sees no Apple GPU here (torch.backends.mps.is_available() is '
                           'False); set device: cpu, or leave device out')
+    return device
+
+
+def device_and_precision(recipe: Recipe) -> Tuple[str, Optional[str]]:
+    """The recipe's device (:func:`run_device`) and precision; mixed precision on a CPU falls back to fp32 with
+    one warning line."""
+    device = run_device(recipe)
+    if recipe.settings.get('grad_accum') == 'auto' and device != 'gpu':
+        raise RecipeError('grad_accum', f"auto sizes microbatches to a GPU's memory; this run is on the {device}: "
+                          'give a number of microbatches instead')
     precision = recipe.precision
     if device == 'cpu' and precision and precision.startswith('amp'):
         print(f"warning: precision {recipe.settings['precision']} needs a GPU; this CPU run uses fp32.",
@@ -59,15 +98,20 @@ def configure_cudnn(settings: Dict[str, Any], device: str) -> None:
 
 def build_data(recipe: Recipe, entry: Entry, global_batch_size: int) -> DataSpec:
     """One dataset section's data for this process: its share of the global batch, with the recipe's seed,
-    dataloader options and the model's native resolution."""
-    return entry.build(batch_size=global_batch_size // recipe.world_size, seed=recipe.settings.get('seed', 17),
+    dataloader options and the model's native resolution. Our DataSpecs are placed on the run's device, so
+    that algorithms see normalized images on it (:class:`~composer_efficientnet.data.loading.DeviceDataSpec`)."""
+    spec = entry.build(batch_size=global_batch_size // recipe.world_size, seed=recipe.settings.get('seed', 17),
                        dataloader_kwargs=recipe.settings.get('dataloader', {}),
                        model_resolution=recipe.model_resolution)
+    if isinstance(spec, DeviceDataSpec):
+        spec.place_on(run_device(recipe))
+    return spec
 
 
 def check_data_fits(recipe: Recipe, model: Any, data: Dict[str, Optional[DataSpec]]) -> None:
     """Stop before training when the model has fewer outputs than a dataset has classes (the loss would fail
-    on the first batch holding a larger label) or when the training data holds no whole batch."""
+    on the first batch holding a larger label), when the training data holds no whole batch, or when an
+    algorithm would fail on the sizes of the batches (:func:`check_algorithms_fit_data`)."""
     outputs = getattr(model, 'num_classes', None)
     for key, spec in data.items():
         classes = getattr(getattr(spec.dataloader, 'dataset', None), 'classes', None) if spec else None
@@ -80,6 +124,7 @@ def check_data_fits(recipe: Recipe, model: Any, data: Dict[str, Optional[DataSpe
         raise RecipeError('train_batch_size', f'{batch} (global) leaves no whole batch in the training data of '
                           f'{_samples(train)} images on {recipe.world_size} process(es) with drop_last: true; '
                           'use a smaller batch or drop_last: false')
+    check_algorithms_fit_data(recipe, data)
 
 
 def _batches(spec: DataSpec) -> Optional[int]:

@@ -22,7 +22,7 @@ from composer_efficientnet.recipe import Recipe, RecipeError, load_recipe, valid
 from composer_efficientnet.resume import (check_autoresume, check_checkpoint, check_no_earlier_run, checkpoint_must_fit,
                                          checkpoint_savers)
 from composer_efficientnet.runner import (build_data, check_data_fits, held_out_metrics,
-                                         ignore_short_last_batch_warnings, run_settings)
+                                         ignore_short_last_batch_warnings, report_recipe_error, run_settings)
 from composer_efficientnet.trainer import SyncFreeTrainer
 
 __all__ = ['build_trainer', 'main', 'weights_digest']
@@ -97,8 +97,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except RecipeError as error:
         if args.debug:
             raise
-        print(f'composer-efficientnet: recipe error: {str(error).splitlines()[0]}', file=sys.stderr)  # one line
-        return 2
+        return report_recipe_error(error)
     return _fit(trainer, debug=args.debug)
 
 

@@ -32,6 +32,7 @@ class BadInput:
     message: str  # regular expression for the last line on stderr
     usage: bool = False  # argparse errors print a usage line before the message
     gap: str = ''  # why the project does not reject it cleanly yet
+    lines: int = 1  # mistakes reported, one line each (the last one is matched)
 
 
 RUN = {**BASE, 'save_folder': 'checkpoints', 'progress_bar': False,
@@ -72,8 +73,8 @@ def imagenet_recipe(tmp: Path, breaking: Callable[[Path], None]) -> List[str]:
     return ['train', write_recipe(tmp, with_run(**datasets))]
 
 
-def data(name: str, breaking: Callable[[Path], None], message: str) -> BadInput:
-    return BadInput('data', name, lambda tmp: imagenet_recipe(tmp, breaking), message)
+def data(name: str, breaking: Callable[[Path], None], message: str, lines: int = 1) -> BadInput:
+    return BadInput('data', name, lambda tmp: imagenet_recipe(tmp, breaking), message, lines=lines)
 
 
 def _empty_class(root: Path) -> None:
@@ -266,8 +267,8 @@ TABLE: List[BadInput] = [
     override('override into a scalar', ['max_duration.epochs=3'],
              r"max_duration: must be str or int, got \{'epochs': 3\}"),
     # Data trees.
-    data('missing datadir', lambda root: shutil.rmtree(root), r"train_dataset.imagenet.datadir: directory '.*' does "
-         r'not exist'),
+    data('missing datadir', lambda root: shutil.rmtree(root), r"val_dataset.imagenet.datadir: directory '.*' does "
+         r'not exist', lines=2),  # train_dataset's too
     data('missing val split', lambda root: shutil.rmtree(root / 'val'), r'val_dataset.imagenet: .*/val: split '
          r'directory not found'),
     data('empty class folder', _empty_class, r'train_dataset.imagenet: .*/train/dog: empty class folder'),

@@ -40,6 +40,6 @@ def test_bad_input_is_rejected_cleanly(case, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2
     assert err and re.search(case.message, err[-1]), err
-    assert err[0].startswith('usage:') if case.usage else len(err) == 1, err
+    assert err[0].startswith('usage:') if case.usage else len(err) == case.lines, err
     assert err[-1].startswith('composer-efficientnet'), err[-1]
     assert _snapshot(tmp_path) == before  # nothing written, nothing half-written

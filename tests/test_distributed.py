@@ -95,3 +95,15 @@ def test_killed_rank_stops_the_other_and_the_rerun_resumes_both(tmp_path, launch
     for rank, output in enumerate(outputs):
         assert f'rank {rank} resumed from {latest} at step {step}' in output
     assert {**_digests(outputs[0]), **_digests(outputs[1])} == launched  # as if never interrupted
+
+
+@pytest.mark.slow
+def test_recipe_mistake_under_the_launcher_is_one_line_and_exit_2(tmp_path):
+    """Every rank finds the mistake; the launcher prints it once (from rank 0) and exits 2, not with the status
+    of a rank it stopped."""
+    code, output = launch('composer_efficientnet.train', [QUICKSTART, 'precision=fp64'], tmp_path, timeout=120)
+    mistakes = [line for line in output.splitlines() if 'recipe error' in line]
+    assert code == 2, output
+    assert mistakes == ["composer-efficientnet: recipe error: precision: unknown precision 'fp64'; valid: amp, "
+                        'amp_bf16, amp_fp16, amp_fp8, bf16, fp16, fp32 (any case)'], output
+    assert 'recipe error' not in (tmp_path / 'rank1.err').read_text()

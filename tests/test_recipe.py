@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from composer_efficientnet import train
-from composer_efficientnet.recipe import RecipeError, load_recipe, validate
+from composer_efficientnet.recipe import RecipeError, RecipeErrors, load_recipe, validate
 
 BASE = {
     'model': {'efficientnet_b0': {'num_classes': 10}},
@@ -75,6 +75,30 @@ def test_mistake_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, label, re
     assert len(err) == 1 and err[0].startswith('composer-efficientnet: recipe error: ')
     assert re.search(message, err[0]), err[0]
     assert os.listdir(tmp_path) == ['recipe.yaml']  # nothing written
+
+
+def test_every_mistake_is_reported_one_line_each(tmp_path, monkeypatch, capsys):
+    """The README's example on the quickstart recipe (adamw): the misspelled parameter and the second optimizer it
+    adds are both reported, and so are independent mistakes in other sections."""
+    monkeypatch.chdir(tmp_path)
+    quickstart = os.path.join(os.path.dirname(__file__), '..', 'recipes', 'quickstart.yaml')
+    assert train.main([quickstart, 'optimizers.rmsprop.momentun=0.9', 'precision=fp64', 'max_epochs=3',
+                       'algorithms.0.sample_stochastic_depth.drop_rat=0.1']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert all(line.startswith('composer-efficientnet: recipe error: ') for line in err), err
+    found = [line.split('recipe error: ', 1)[1].split(':', 1)[0] for line in err]
+    assert sorted(found) == sorted(['max_epochs', 'optimizers.rmsprop.momentun', 'optimizers',
+                                    'algorithms.sample_stochastic_depth.drop_rat', 'precision']), err
+    assert os.listdir(tmp_path) == []  # nothing written
+
+
+def test_one_mistake_is_raised_as_itself_several_together():
+    with pytest.raises(RecipeError) as one:
+        validate(with_changes(seed=True))
+    assert type(one.value) is RecipeError and one.value.key == 'seed'
+    with pytest.raises(RecipeErrors) as several:
+        validate(with_changes(seed=True, device='tpu', model=...))
+    assert [error.key for error in several.value.errors] == ['model', 'seed', 'device']
 
 
 def test_batch_not_divisible_by_processes():
