@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional, Union
 
 from composer.core import DataSpec
-from composer.utils import dist
+from composer.devices import Device
+from composer.utils import dist, get_device
 from torch.utils.data import DataLoader, Dataset
 
 from composer_efficientnet.data.transforms import NormalizeOnDevice
 
-__all__ = ['make_dataloader', 'make_dataspec', 'loader_kwargs']
+__all__ = ['DeviceDataSpec', 'make_dataloader', 'make_dataspec', 'loader_kwargs']
 
 _WORKER_ONLY = ('prefetch_factor', 'persistent_workers', 'timeout', 'multiprocessing_context')
 
@@ -39,11 +40,41 @@ def make_dataloader(dataset: Dataset, *, batch_size: int, shuffle: bool, drop_la
                       **loader_kwargs(dataloader_kwargs, **extra))
 
 
-def make_dataspec(loader: Iterable, transform: Optional[Callable[[Any], Any]] = None, **kwargs: Any) -> DataSpec:
-    """A DataSpec whose device-side transform (default :class:`NormalizeOnDevice`) runs on each microbatch.
+class DeviceDataSpec(DataSpec):
+    """A Composer DataSpec whose device transform (uint8 images to normalized float) runs on the device before
+    any algorithm sees the batch, once :meth:`place_on` has named the run's device.
 
-    Composer 0.32 names this hook ``microbatch_transforms`` (applied after the copy to the device); there is
-    no ``device_transforms`` argument any more. ``kwargs`` go to :class:`~composer.core.DataSpec`.
+    Composer 0.32 runs ``batch_transforms`` on the host batch, before ``Event.AFTER_DATALOADER``, and copies to
+    the device only per microbatch, just before ``microbatch_transforms`` and ``Event.BEFORE_FORWARD``; its
+    evaluation loop does the same. Algorithms that read or change the batch at ``AFTER_DATALOADER`` (cutout,
+    colout, progressive resizing, selective backprop) would see uint8 host images there. Placed, the DataSpec's
+    ``batch_transforms`` copies the uint8 batch to the device and applies ``transform`` there, so every event,
+    in training and evaluation, sees normalized float images on the device, and Composer's per-microbatch copy
+    finds them already there. Unplaced (a DataSpec handed to a Trainer by hand), ``transform`` runs on each
+    microbatch after Composer's copy, and algorithms at ``AFTER_DATALOADER`` see the host's uint8 batch.
     """
-    return DataSpec(loader, microbatch_transforms=transform if transform is not None else NormalizeOnDevice(),
-                    **kwargs)
+
+    def __init__(self, dataloader: Iterable, transform: Callable[[Any], Any], **kwargs: Any) -> None:
+        super().__init__(dataloader, microbatch_transforms=transform, **kwargs)
+        self.transform = transform
+        self.device: Optional[Device] = None
+
+    def place_on(self, device: Union[str, Device]) -> None:
+        """Copy each batch to ``device`` (``'cpu'``, ``'gpu'``, ``'mps'`` or a Composer Device: the Trainer's)
+        and transform it there, before ``Event.AFTER_DATALOADER`` and ``Event.EVAL_BATCH_START``."""
+        self.device = get_device(device)
+        self.batch_transforms = self._copy_and_transform
+        self.microbatch_transforms = self._default_transforms
+
+    def _copy_and_transform(self, batch: Any) -> Any:
+        assert self.device is not None
+        return self.transform(self.device.batch_to_device(batch))
+
+
+def make_dataspec(loader: Iterable, transform: Optional[Callable[[Any], Any]] = None,
+                  **kwargs: Any) -> DeviceDataSpec:
+    """A :class:`DeviceDataSpec` with device-side ``transform`` (default :class:`NormalizeOnDevice`).
+
+    ``kwargs`` go to :class:`~composer.core.DataSpec`. The recipe runner places it on the run's device.
+    """
+    return DeviceDataSpec(loader, transform if transform is not None else NormalizeOnDevice(), **kwargs)

@@ -170,11 +170,11 @@ def normalize_on_device(mean: Optional[Sequence[float]] = None, std: Optional[Se
 
 
 class NormalizeOnDevice:
-    """A Composer ``DataSpec`` microbatch transform: uint8 NCHW images to normalized float, channels_last.
+    """The device transform of our DataSpecs: uint8 NCHW images to normalized float, channels_last.
 
-    Composer 0.32 applies ``DataSpec(microbatch_transforms=...)`` after each microbatch reaches the device,
-    so the conversion runs on the accelerator. Images that are not uint8 (already float) pass through
-    unnormalized, only changing memory format.
+    :class:`~composer_efficientnet.data.loading.DeviceDataSpec` applies it on the device, to the whole batch
+    before any algorithm sees it (once placed on the run's device), else to each microbatch. Images that are
+    not uint8 (already float) pass through unnormalized, only changing memory format.
     """
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
