@@ -262,6 +262,27 @@ TABLE: List[BadInput] = [
     override('position into a one-entry section', ['model.0.num_classes=5'], r"model.0: Unknown model '0'"),
     override('list entry past the end', ['algorithms.2={blurpool: {}}'],
              r'algorithms.2: algorithms has 1 entries \(positions 0 to 0\); algorithms.1=... appends one'),
+    # Algorithms that cannot train with our models and data, or whose parameters would fail minutes in.
+    override('a text-only algorithm', ['algorithms=[{seq_length_warmup: {}}]'],
+             r"algorithms.seq_length_warmup: Composer's SeqLengthWarmup warms up the sequence length of a Hugging "
+             r'Face model .*; efficientnet_b0 takes images'),
+    override('a VisionDataset augmentation on our data', ['algorithms=[{augmix: {}}]'],
+             r"algorithms.augmix: Composer's AugMix adds a per-image transform to a torchvision VisionDataset"),
+    override('stochastic depth of ResNet blocks', ['algorithms=[{stochastic_depth: {target_layer_name: '
+                                                   'ResNetBottleneck}}]'],
+             r"stochastic_depth.target_layer_name: 'ResNetBottleneck': our models have no ResNet blocks"),
+    override('ghost batches larger than the last batch', ['algorithms=[{ghost_batchnorm: {ghost_batch_size: 32}}]'],
+             r'ghost_batchnorm.ghost_batch_size: 32: is more than the 30 images of the last batch of an epoch of '
+             r'1438 images, where GhostBatchNorm fails; use at most 30'),
+    override('ghost batches larger than a microbatch', ['grad_accum=4',
+                                                        'algorithms=[{ghost_batchnorm: {ghost_batch_size: 16}}]'],
+             r'ghost_batch_size: 16: is more than the 14 images of the last microbatch of the last batch of an '
+             r'epoch of 1438 images'),
+    override('gyro dropout groups that do not divide the batch', ['algorithms=[{gyro_dropout: {tau: 16}}]'],
+             r'gyro_dropout.tau: 16: must divide the size of every training batch the model sees; the last batch of '
+             r'an epoch of 1438 images has 30 images'),
+    override('selective backprop keeping no sample', ['algorithms=[{selective_backprop: {keep: 0.01}}]'],
+             r'selective_backprop.keep: 0.01: keeps no sample of a batch \(64 images\)'),
     override('exponent that is not a number', ['optimizers.sgd.lr=1e-3x'],
              r"optimizers.sgd.lr: must be float or Tensor, got '1e-3x'"),
     override('override into a scalar', ['max_duration.epochs=3'],
