@@ -1,9 +1,15 @@
 """Checkpointing and autoresume for recipe runs: safe checkpoints, and a resume only of the same run.
 
 With ``autoresume: true``, ``save_folder`` and ``run_name``, rerunning a command continues from the newest
-complete checkpoint of its folder. Every checkpoint records what the recipe trained (model and its
-parameters, optimizer, training data, global batch size); resuming with a recipe that differs there stops
-with a :class:`ResumeMismatchError` naming each difference, before a model is built.
+complete checkpoint of its folder. Every checkpoint records its run's name and what the recipe trained (model
+and its parameters, optimizer, training data, global batch size); resuming another run's checkpoint, or with a
+recipe that differs there, stops with a :class:`ResumeMismatchError` naming each difference, before a model is
+built.
+
+No checkpoint runs code when loaded, unless the recipe sets ``load_trusted: true``: every file read here, and
+every file Composer loads while :func:`checkpoint_must_fit` builds the Trainer (a local or downloaded
+``load_path``, an autoresume checkpoint), is read without unpickling anything but tensors and plain types
+(:mod:`composer_efficientnet.safe_load`), and one that would run code is a one-line :class:`RecipeError`.
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from composer_efficientnet.callbacks.checkpointing import (CHECKPOINT_FILENAME, LATEST_FILENAME,
                                                            AtomicCheckpointSaver, checkpoint_pattern,
-                                                           newest_complete_checkpoint, point_latest_at)
+                                                           checkpoints_without_code, newest_complete_checkpoint,
+                                                           point_latest_at)
 from composer_efficientnet.efficientnet import canonical_name
 from composer_efficientnet.recipe import Entry, Recipe, RecipeError
+from composer_efficientnet.safe_load import UnsafeCheckpointError, read_checkpoint
 
 __all__ = ['ResumeMismatchError', 'checkpoint_savers', 'check_autoresume', 'check_checkpoint', 'check_no_earlier_run',
            'checkpoint_must_fit', 'newest_run_checkpoint', 'run_identity', 'stored_identity']
@@ -79,19 +87,39 @@ def checkpoint_savers(recipe: Recipe) -> List[AtomicCheckpointSaver]:
         metadata={'recipe': run_identity(recipe)})]
 
 
-def _load_lazily(checkpoint: str) -> Any:
-    """A checkpoint's contents, its tensors mapped from the file rather than read."""
-    return torch.load(checkpoint, map_location='cpu', mmap=True, weights_only=False)
+def _trusted(recipe: Recipe) -> bool:
+    return bool(recipe.settings.get('load_trusted'))
 
 
-def stored_identity(checkpoint: str) -> Optional[Dict[str, Any]]:
-    """The :func:`run_identity` a checkpoint was written with; ``None`` for checkpoints that have none."""
+def _load_lazily(checkpoint: str, trusted: bool, key: str) -> Any:
+    """A checkpoint's contents, its tensors mapped from the file rather than read; without running code it
+    carries unless ``trusted``. A file that would run code, or cannot be read, is a :class:`RecipeError` at
+    ``key``."""
     try:
-        state = _load_lazily(checkpoint)
+        if trusted:
+            return torch.load(checkpoint, map_location='cpu', mmap=True, weights_only=False)
+        return read_checkpoint(checkpoint, mmap=True)
+    except UnsafeCheckpointError as error:
+        raise RecipeError(key, str(error)) from None
     except Exception as error:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise RecipeError('autoresume', f"cannot read checkpoint '{checkpoint}': {error}") from None
-    saver_state = state.get('state', {}).get('callbacks', {}).get(AtomicCheckpointSaver.__qualname__, {})
+        raise RecipeError(key, f"cannot read checkpoint '{checkpoint}': {error}") from None
+
+
+def _saved_state(checkpoint: Any) -> Dict[str, Any]:
+    """A Composer checkpoint's ``state``; empty for a file that has none."""
+    state = checkpoint.get('state') if isinstance(checkpoint, dict) else None
+    return state if isinstance(state, dict) else {}
+
+
+def _identity_in(state: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    saver_state = state.get('callbacks', {}).get(AtomicCheckpointSaver.__qualname__, {})
     return saver_state.get('metadata', {}).get('recipe')
+
+
+def stored_identity(checkpoint: str, trusted: bool = False) -> Optional[Dict[str, Any]]:
+    """The :func:`run_identity` a checkpoint was written with; ``None`` for checkpoints that have none. Read
+    without running code the file carries, unless ``trusted``."""
+    return _identity_in(_saved_state(_load_lazily(checkpoint, trusted, 'autoresume')))
 
 
 def _differences(stored: Dict[str, Any], current: Dict[str, Any]) -> str:
@@ -111,7 +139,8 @@ def newest_run_checkpoint(settings: Dict[str, Any]) -> Optional[str]:
 
 def check_autoresume(recipe: Recipe) -> Optional[str]:
     """For an autoresuming recipe with a local ``save_folder``: point ``latest`` at the newest complete
-    checkpoint (rank 0), check that the recipe trains what that checkpoint holds, and return its path.
+    checkpoint (rank 0), check that it is a checkpoint of this run (its ``run_name``) and that the recipe trains
+    what it holds, and return its path.
 
     Raises :class:`ResumeMismatchError` naming each difference. Returns ``None`` when nothing is resumed.
     """
@@ -121,13 +150,21 @@ def check_autoresume(recipe: Recipe) -> Optional[str]:
     checkpoint = newest_run_checkpoint(settings)
     if checkpoint is None:
         return None
-    stored = stored_identity(checkpoint)
+    state = _saved_state(_load_lazily(checkpoint, _trusted(recipe), 'autoresume'))
+    run_name, folder = settings['run_name'], settings['save_folder']
+    if state.get('run_name') not in (None, run_name):
+        raise ResumeMismatchError('run_name', f"is '{run_name}', but '{checkpoint}', the newest checkpoint in "
+                                  f"save_folder '{folder}', is of run '{state['run_name']}': set "
+                                  f"run_name={state['run_name']} to continue that run, or start run '{run_name}' "
+                                  'in another save_folder (such as one containing {run_name})')
+    stored = _identity_in(state)
     if stored is not None:
         difference = _differences(stored, run_identity(recipe))
         if difference:
             raise ResumeMismatchError('autoresume', f"this recipe differs from the run that wrote '{checkpoint}': "
-                                      f'{difference}; resume with that recipe, or start a new run with another '
-                                      'run_name or save_folder')
+                                      f'{difference}; resume with that recipe, or start a new run in another '
+                                      'save_folder (or with another run_name, where save_folder contains '
+                                      '{run_name})')
     if dist.get_global_rank() == 0:
         point_latest_at(checkpoint)
     return checkpoint
@@ -166,23 +203,20 @@ def _readable(local: str) -> bool:
     return not (is_compressed_pt(local) or local.endswith('.tar'))  # those Composer unpacks itself
 
 
-def check_checkpoint(path: str, recipe: Recipe) -> None:
-    """Stop with a :class:`RecipeError` unless a local ``load_path`` is a readable Composer checkpoint; a
-    torchvision, timm or plain state-dict file is pointed to the model's ``pretrained``."""
+def check_checkpoint(path: str, recipe: Recipe, key: str = 'load_path') -> None:
+    """Stop with a :class:`RecipeError` at ``key`` (the setting that chose ``path``) unless a local checkpoint is
+    a readable Composer checkpoint that runs no code when loaded (or ``load_trusted: true``); a torchvision, timm
+    or plain state-dict file is pointed to the model's ``pretrained``. A remote one is checked by
+    :func:`checkpoint_must_fit`, once Composer has downloaded it."""
     local = _local_file(path, recipe)
     if local is None:
         return  # a remote checkpoint is Composer's to download
     if not os.path.isfile(local):
-        raise RecipeError('load_path', f"file '{local}' does not exist")
+        raise RecipeError(key, f"file '{local}' does not exist")
     if not _readable(local):
         return
-    try:
-        checkpoint = _load_lazily(local)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise RecipeError('load_path', f"cannot read checkpoint '{local}': {error}") from None
-    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get('state'), dict)
-            and 'model' in checkpoint['state']):
-        raise RecipeError('load_path', f"'{local}' is not a Composer checkpoint; for a torchvision, timm or plain "
+    if 'model' not in _saved_state(_load_lazily(local, _trusted(recipe), key)):
+        raise RecipeError(key, f"'{local}' is not a Composer checkpoint; for a torchvision, timm or plain "
                           f'state-dict file use model.{recipe.model.name}.pretrained={local} instead')
 
 
@@ -191,9 +225,13 @@ def checkpoint_must_fit(recipe: Recipe, path: Optional[str], build: Callable[[],
     model (another member or ``num_classes``, an algorithm that changes the model added or left out) is a
     :class:`RecipeError` at ``key`` (the setting that chose the checkpoint) naming the first mismatch. Composer's
     resume loads a model whose keys the checkpoint lacks without a word (``State.load_state_dict`` loads the model
-    with ``strict=False``), leaving those weights as initialized; this catches it."""
+    with ``strict=False``), leaving those weights as initialized; this catches it.
+
+    Unless the recipe sets ``load_trusted: true``, every checkpoint Composer loads meanwhile (``path``, downloaded
+    or not, or one autoresume finds) is read without running code it carries: one that would is a
+    :class:`RecipeError` at ``key``."""
     try:
-        trainer = build()
+        trainer = _build_without_code(recipe, path, build, key)
     except (RuntimeError, KeyError) as error:
         if path is None or not _names_model_weights(error):
             raise
@@ -205,7 +243,7 @@ def checkpoint_must_fit(recipe: Recipe, path: Optional[str], build: Callable[[],
     if local is not None and _readable(local):
         model = trainer.state.model
         model = model.module if isinstance(model, DistributedDataParallel) else model
-        stored = _load_lazily(local)['state']['model']
+        stored = _load_lazily(local, _trusted(recipe), key)['state']['model']
         expected = model.state_dict().keys()
         mismatches = {'missing': sorted(expected - stored.keys()), 'unexpected': sorted(stored.keys() - expected)}
         if any(mismatches.values()):
@@ -214,6 +252,22 @@ def checkpoint_must_fit(recipe: Recipe, path: Optional[str], build: Callable[[],
                                for what, keys in mismatches.items() if keys)
             raise RecipeError(key, _misfit(path, recipe, detail))
     return trainer
+
+
+def _build_without_code(recipe: Recipe, path: Optional[str], build: Callable[[], T], key: str) -> T:
+    """``build()``, during which Composer loads no checkpoint that would run code, unless ``load_trusted``."""
+    if _trusted(recipe):
+        return build()
+    settings = recipe.settings
+    if path is None and settings.get('autoresume') and settings.get('save_folder'):
+        shown, key = f"the latest checkpoint of save_folder '{settings['save_folder']}'", 'autoresume'
+    else:
+        shown = None if path is None else f"'{path}'"
+    try:
+        with checkpoints_without_code(shown):
+            return build()
+    except UnsafeCheckpointError as error:
+        raise RecipeError(key, str(error)) from None
 
 
 def _names_model_weights(error: BaseException) -> bool:
@@ -227,7 +281,7 @@ def _names_model_weights(error: BaseException) -> bool:
 def _misfit(path: str, recipe: Recipe, detail: str) -> str:
     detail = detail if len(detail) <= 240 else detail[:240] + ' ...'
     local = _local_file(path, recipe)
-    stored = stored_identity(local) if local is not None and _readable(local) else None
+    stored = stored_identity(local, _trusted(recipe)) if local is not None and _readable(local) else None
     path = local or path
     written_by = (f" (it was written by a run of {stored['model']} with num_classes {stored.get('model.num_classes')})"
                   if stored and 'model' in stored else '')

@@ -6,7 +6,6 @@ Users pass a file or a state dict; nothing is downloaded.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from composer_efficientnet.efficientnet import B0_STAGES, HEAD_CHANNELS, MEMBERS, EfficientNet, make_divisible
+from composer_efficientnet.safe_load import checkpoint_globals as _composer_checkpoint_globals
 
 __all__ = ['from_torchvision', 'from_timm', 'detect_format', 'read_state_dict', 'as_state_dict', 'to_native',
            'load_pretrained', 'source_bn_overrides', 'guess_member', 'WeightsError']
@@ -125,22 +125,6 @@ def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
     raise WeightsError('Unrecognized EfficientNet state dict: expected a torchvision (features.0.0.weight), timm '
                        f'(conv_stem.weight) or composer_efficientnet (stem.conv.weight) checkpoint; its first keys '
                        f'are: {_some(list(state_dict)[:8])}')
-
-
-@functools.lru_cache(maxsize=1)
-def _composer_checkpoint_globals() -> list:
-    """The plain types besides tensors in a Composer checkpoint (time spans, versions, the numpy random state),
-    allowed while reading one with ``weights_only``, which still refuses any code in a file."""
-    import datetime
-
-    import numpy as np
-    from torch.torch_version import TorchVersion
-    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy.core or numpy._core, as this numpy pickles it
-    numpy_dtypes = getattr(np, 'dtypes', None)  # numpy 1.25 and later
-    dtypes = [getattr(numpy_dtypes, name) for name in dir(numpy_dtypes) if name.endswith('DType')]
-    # under either module name, whichever numpy wrote the checkpoint
-    return [datetime.timedelta, TorchVersion, np.dtype, np.ndarray, *dtypes,
-            (reconstruct, 'numpy.core.multiarray._reconstruct'), (reconstruct, 'numpy._core.multiarray._reconstruct')]
 
 
 def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:

@@ -10,6 +10,8 @@ yet (a traceback or a left-over folder); they run as strict expected failures.
 from __future__ import annotations
 
 import copy
+import os
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +157,46 @@ def _binary(path: Path) -> Path:
     return path
 
 
+# -- checkpoints that would run code when loaded, and a checkpoint of another run ---------------------------------
+
+class RunsCode:
+    """Pickled as a call of ``os.system`` that creates :attr:`MARKER` in ``folder``: unpickling it runs that."""
+    MARKER = 'code-ran'
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __reduce__(self):
+        return os.system, (f'touch {shlex.quote(str(self.folder / self.MARKER))}',)
+
+
+def code_running_checkpoint(path: Path) -> Path:
+    """A file shaped like a Composer checkpoint that creates a file beside itself when unpickled."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({'state': {'model': {}}, 'payload': RunsCode(path.parent)}, path)
+    return path
+
+
+def _code_in(command: str, name: str, as_load_path: bool, **changes: Any) -> Setup:
+    """``command`` on RUN with ``changes``, where the file ``name`` would run code (and is ``load_path``)."""
+    def setup(tmp: Path) -> List[str]:
+        path = code_running_checkpoint(tmp / name)
+        return [command, write_recipe(tmp, with_run(**changes, **({'load_path': str(path)} if as_load_path else {})))]
+
+    return setup
+
+
+def _another_run(tmp: Path) -> List[str]:
+    (tmp / 'checkpoints').mkdir()
+    torch.save({'state': {'model': {}, 'run_name': 'first'}}, tmp / 'checkpoints' / 'ep1-ba8-rank0.pt')
+    return ['train', write_recipe(tmp, with_run(autoresume=True, run_name='second'))]
+
+
+RUNS_CODE = (r" would run code when loaded: it needs posix.system, which is not one of the plain types a Composer "
+             r'checkpoint holds; if you trust the file and where it came from, set load_trusted: true to load it as '
+             r'Composer does$')
+
+
 def _save_folder_a_file(tmp: Path) -> List[str]:
     (tmp / 'checkpoints').write_text('a file, not a folder')
     return ['train', write_recipe(tmp, RUN)]
@@ -257,6 +299,20 @@ TABLE: List[BadInput] = [
     override('load_path that does not exist', ['load_path=absent.pt'], r"load_path: file 'absent.pt' does not exist"),
     override('load_path that is not a Composer checkpoint', [f'load_path={__file__}'],
              r"load_path: cannot read checkpoint '.*bad_inputs.py'"),
+    BadInput('override', 'train load_path that would run code', _code_in('train', 'crafted.pt', True),
+             r"load_path: '.*/crafted.pt'" + RUNS_CODE),
+    BadInput('override', 'eval load_path that would run code', _code_in('eval', 'crafted.pt', True),
+             r"load_path: '.*/crafted.pt'" + RUNS_CODE),
+    BadInput('override', 'eval of a save_folder whose newest checkpoint would run code',
+             _code_in('eval', 'checkpoints/ep1-ba8-rank0.pt', False), r"save_folder: 'checkpoints/ep1-ba8-rank0.pt'"
+             + RUNS_CODE),
+    BadInput('override', 'autoresume of a checkpoint that would run code',
+             _code_in('train', 'checkpoints/ep1-ba8-rank0.pt', False, autoresume=True, run_name='crafted'),
+             r"autoresume: 'checkpoints/ep1-ba8-rank0.pt'" + RUNS_CODE),
+    BadInput('recipe', 'autoresume of another run', _another_run,
+             r"run_name: is 'second', but 'checkpoints/ep1-ba8-rank0.pt', the newest checkpoint in save_folder "
+             r"'checkpoints', is of run 'first': set run_name=first to continue that run, or start run 'second' in "
+             r'another save_folder \(such as one containing \{run_name\}\)$'),
     override('override key with an empty part', ['.max_duration=1ba'],
              r"\.max_duration: an override key is names joined by single dots"),
     override('position into a one-entry section', ['model.0.num_classes=5'], r"model.0: Unknown model '0'"),

@@ -284,8 +284,21 @@ def test_changed_recipe_stops_before_a_model_is_built(resumable, monkeypatch, ca
     err = capsys.readouterr().err.strip().splitlines()
     checkpoint = resumable / 'checkpoints' / 'ep0-ba1-rank0.pt'
     assert err == [f"composer-efficientnet: recipe error: autoresume: this recipe differs from the run that wrote "
-                   f"'{checkpoint}': {difference}; resume with that recipe, or start a new run with another run_name "
-                   f"or save_folder"]
+                   f"'{checkpoint}': {difference}; resume with that recipe, or start a new run in another "
+                   'save_folder (or with another run_name, where save_folder contains {run_name})']
+    assert _snapshot(resumable / 'checkpoints') == before
+
+
+def test_another_run_name_does_not_resume_this_run(resumable, monkeypatch, capsys):
+    """The folder has no {run_name}: a run of another name would have resumed this one's checkpoint."""
+    before = _snapshot(resumable / 'checkpoints')
+    monkeypatch.setattr(train, 'Trainer', lambda *a, **k: pytest.fail('a Trainer was built'))
+    assert _tiny_main(resumable, run_name='other') == 2
+    checkpoint, folder = resumable / 'checkpoints' / 'ep0-ba1-rank0.pt', resumable / 'checkpoints'
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"composer-efficientnet: recipe error: run_name: is 'other', but '{checkpoint}', the newest checkpoint in "
+        f"save_folder '{folder}', is of run 'tiny': set run_name=tiny to continue that run, or start run 'other' in "
+        'another save_folder (such as one containing {run_name})']
     assert _snapshot(resumable / 'checkpoints') == before
 
 

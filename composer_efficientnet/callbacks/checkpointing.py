@@ -8,6 +8,10 @@ writes to a hidden temporary file that is flushed to disk and renamed into place
 rename, and only then deletes checkpoints beyond ``num_checkpoints_to_keep``. Before every write it calls its
 gates (such as :class:`~composer_efficientnet.callbacks.DivergenceGuard`'s check) on every process, so a
 gate that raises prevents the write.
+
+While :func:`checkpoints_without_code` is active, Composer reads every checkpoint it loads (a ``load_path``, an
+autoresume checkpoint, local or downloaded) with :func:`~composer_efficientnet.safe_load.read_checkpoint`,
+which refuses one that would run code, instead of ``torch.load(weights_only=False)``.
 """
 
 from __future__ import annotations
@@ -28,9 +32,16 @@ from composer.loggers import Logger
 from composer.utils import checkpoint as composer_checkpoint
 from composer.utils import dist, format_name_with_dist, partial_format
 
+from composer_efficientnet.safe_load import read_checkpoint
+
 __all__ = ['AtomicCheckpointSaver', 'CHECKPOINT_FILENAME', 'CheckpointWriteError', 'LATEST_FILENAME', 'PARTIAL_PREFIX',
-           'checkpoint_pattern', 'complete_checkpoints', 'is_complete_checkpoint', 'latest_checkpoint',
-           'newest_complete_checkpoint', 'point_latest_at', 'replace_symlink']
+           'checkpoint_pattern', 'checkpoints_without_code', 'complete_checkpoints', 'is_complete_checkpoint',
+           'latest_checkpoint', 'newest_complete_checkpoint', 'point_latest_at', 'replace_symlink']
+
+#: The private names of Composer 0.32.1's ``composer.utils.checkpoint`` used here (tests check each still exists
+#: and is still called where this module relies on it): the writer of a checkpoint file, the reader every
+#: monolithic checkpoint load goes through, and the validation that reader runs first.
+COMPOSER_PRIVATE_NAMES = ('_write_checkpoint_file', '_torch_load_with_validation', '_ensure_valid_checkpoint')
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +114,27 @@ def _atomic_checkpoint_files() -> Iterator[None]:
         yield
     finally:
         composer_checkpoint._write_checkpoint_file = write_in_place
+
+
+@contextlib.contextmanager
+def checkpoints_without_code(shown: Optional[str] = None) -> Iterator[None]:
+    """While active, Composer reads the checkpoints it loads with ``weights_only`` and the allow-list of
+    :func:`~composer_efficientnet.safe_load.read_checkpoint`, after its download (or decompression) and its
+    optional validation, and before anything is unpickled: a file that would run code raises
+    :class:`~composer_efficientnet.safe_load.UnsafeCheckpointError`, naming it ``shown`` (what the user gave, since
+    Composer reads a temporary copy) or else the copy read. Allowed files load as they would with Composer's reader.
+    """
+    load_unsafely = composer_checkpoint._torch_load_with_validation
+
+    def load_without_code(checkpoint_filepath: str, map_location: str) -> Any:
+        validated = composer_checkpoint._ensure_valid_checkpoint(checkpoint_filepath)
+        return read_checkpoint(validated, shown=shown, map_location=map_location)
+
+    composer_checkpoint._torch_load_with_validation = load_without_code
+    try:
+        yield
+    finally:
+        composer_checkpoint._torch_load_with_validation = load_unsafely
 
 
 def replace_symlink(target: str, link: str) -> None:

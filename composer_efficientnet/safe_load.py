@@ -1,0 +1,90 @@
+"""Read checkpoints without running code that they carry.
+
+A ``torch.save`` file is a pickle, and a pickle can name any importable function to call while it is read
+(``os.system`` with a command, say): ``torch.load(weights_only=False)``, which Composer uses, runs it.
+:func:`read_checkpoint` reads with ``weights_only=True``, which builds only tensors, containers and the types
+allowed here: the plain types a Composer checkpoint holds besides those (see :func:`checkpoint_globals`). A file
+that names anything else is refused with an :class:`UnsafeCheckpointError` naming the first such global.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import re
+from typing import Any, List, Optional, Union
+
+import torch
+
+__all__ = ['UnsafeCheckpointError', 'checkpoint_globals', 'disallowed_globals', 'read_checkpoint', 'TRUST_ADVICE']
+
+#: How a user loads a file that is refused, when they trust it (a recipe setting).
+TRUST_ADVICE = 'if you trust the file and where it came from, set load_trusted: true to load it as Composer does'
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint that names code to run while it is read; the message names the first such global.
+
+    Attributes:
+        global_name: that global, as ``module.name`` (``posix.system``).
+    """
+
+    def __init__(self, shown: str, global_name: str) -> None:  # shown: the file, as the message names it
+        super().__init__(f'{shown} would run code when loaded: it needs {global_name}, which is not one of the '
+                         f'plain types a Composer checkpoint holds; {TRUST_ADVICE}')
+        self.global_name = global_name
+
+
+@functools.lru_cache(maxsize=1)
+def checkpoint_globals() -> list:
+    """The plain types besides tensors and containers in a Composer checkpoint, allowed while reading one with
+    ``weights_only``: time spans (the timestamp's wall-clock times), the torch version string, numpy arrays and
+    their dtypes (the numpy random state). Each is a type (or numpy's array constructor), not a callable that
+    runs code; optimizers, schedulers, EMA, SWA and our callbacks store only tensors, numbers and strings."""
+    import datetime
+
+    import numpy as np
+    from torch.torch_version import TorchVersion
+    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy.core or numpy._core, as this numpy pickles it
+    numpy_dtypes = getattr(np, 'dtypes', None)  # numpy 1.25 and later
+    dtypes = [getattr(numpy_dtypes, name) for name in dir(numpy_dtypes) if name.endswith('DType')]
+    # under either module name, whichever numpy wrote the checkpoint
+    return [datetime.timedelta, TorchVersion, np.dtype, np.ndarray, *dtypes,
+            (reconstruct, 'numpy.core.multiarray._reconstruct'), (reconstruct, 'numpy._core.multiarray._reconstruct')]
+
+
+def _first_disallowed(error: Exception, path: str) -> str:
+    """The global that stopped torch's ``weights_only`` reader: named in its message, else found in the file."""
+    named = re.search(r'GLOBAL (\S+)', str(error)) or re.search(r'unrecognized function (\S+)', str(error))
+    if named:
+        return named[1] if '.' in named[1] else f'builtins.{named[1]}'  # torch leaves builtins' module out
+    found = disallowed_globals(path)
+    return found[0] if found else str(error).strip().splitlines()[-1]
+
+
+def read_checkpoint(path: Union[str, os.PathLike], shown: Optional[str] = None, map_location: Any = 'cpu',
+                    mmap: bool = False) -> Any:
+    """``torch.load(path)`` without running code: only tensors, containers and :func:`checkpoint_globals`.
+
+    Args:
+        path: a ``torch.save`` file.
+        shown: how the error names the file (a download's original address); ``'path'`` by default.
+        map_location: as for ``torch.load``.
+        mmap: map the tensors from the file rather than reading them.
+
+    Raises:
+        UnsafeCheckpointError: the file names another global. Other read failures are torch's.
+    """
+    path = os.fspath(path)
+    try:
+        with torch.serialization.safe_globals(checkpoint_globals()):
+            return torch.load(path, map_location=map_location, mmap=mmap, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise UnsafeCheckpointError(shown or f"'{path}'", _first_disallowed(error, path)) from None
+
+
+def disallowed_globals(path: Union[str, os.PathLike]) -> List[str]:
+    """Every global in a ``torch.save`` file that :func:`read_checkpoint` refuses, sorted (empty for ours)."""
+    with torch.serialization.safe_globals(checkpoint_globals()):
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(os.fspath(path)))
