@@ -12,6 +12,7 @@ import glob
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -26,7 +27,7 @@ import torch
 from composer.core import Callback
 
 from composer_efficientnet import composer_efficientnet, train
-from composer_efficientnet.callbacks import AtomicCheckpointSaver
+from composer_efficientnet.callbacks import AtomicCheckpointSaver, TrainingCurves
 from composer_efficientnet.callbacks.checkpointing import (PARTIAL_PREFIX, is_complete_checkpoint,
                                                            newest_complete_checkpoint)
 from composer_efficientnet.resume import stored_identity
@@ -385,3 +386,14 @@ def test_training_curves_of_a_resumed_run_cover_the_whole_run(tmp_path):
     first, whole = losses('ep0-ba2-rank0.pt'), losses('ep0-ba4-rank0.pt')
     assert [step for step, _ in whole] == [0, 1, 2, 3]
     assert whole[:2] == first
+
+
+def test_training_curves_without_a_save_folder_write_nothing_and_say_so(tmp_path, monkeypatch, caplog):
+    """They were written to ./<run_name>/ without a word."""
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING, logger='composer_efficientnet.callbacks.training_curves'):
+        tiny_trainer('2ba', callbacks=[TrainingCurves()]).fit()
+    assert list(tmp_path.iterdir()) == []
+    assert [record.getMessage() for record in caplog.records] == [
+        "training_curves: no training_curves.png is written, as the run has no save_folder; set one, or the "
+        "callback's folder"]

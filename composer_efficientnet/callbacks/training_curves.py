@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -13,6 +14,8 @@ from composer.utils import dist, format_name_with_dist
 
 __all__ = ['TrainingCurves']
 
+log = logging.getLogger(__name__)
+
 
 class TrainingCurves(Callback):
     """Plot the training loss per batch and every validation metric per evaluation, rewritten at each
@@ -23,7 +26,8 @@ class TrainingCurves(Callback):
 
     Args:
         filename: the PNG's name.
-        folder: where to write it; by default the checkpoint folder, else ``{run_name}``.
+        folder: where to write it (``{run_name}`` is filled in); by default the checkpoint folder. A run with
+            neither (``save_folder: null``) writes no PNG, and says so when it starts.
     """
 
     def __init__(self, filename: str = 'training_curves.png', folder: Optional[str] = None) -> None:
@@ -41,6 +45,11 @@ class TrainingCurves(Callback):
         self.train_loss = [tuple(point) for point in state.get('train_loss', [])]
         self.eval_metrics = {name: [tuple(point) for point in points]
                              for name, points in state.get('eval_metrics', {}).items()}
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        if dist.get_global_rank() == 0 and self.output_path(state) is None:
+            log.warning('training_curves: no %s is written, as the run has no save_folder; set one, or the '
+                        "callback's folder", self.filename)
 
     def after_backward(self, state: State, logger: Logger) -> None:
         if isinstance(state.loss, torch.Tensor):
@@ -65,17 +74,17 @@ class TrainingCurves(Callback):
             self.train_loss.extend(zip((step for step, _ in self._pending), values))
             self._pending.clear()
 
-    def output_path(self, state: State) -> str:
-        """Where the PNG goes for this run."""
+    def output_path(self, state: State) -> Optional[str]:
+        """Where the PNG goes for this run; ``None`` without a ``folder`` or a checkpoint folder."""
         folder = self.folder
         if folder is None:
-            savers = [cb for cb in state.callbacks if isinstance(cb, CheckpointSaver)]
-            folder = savers[0].folder if savers else '{run_name}'
-        return os.path.join(format_name_with_dist(folder, state.run_name), self.filename)
+            folder = next((cb.folder for cb in state.callbacks if isinstance(cb, CheckpointSaver)), None)
+        return None if folder is None else os.path.join(format_name_with_dist(folder, state.run_name), self.filename)
 
     def _write(self, state: State) -> None:
         self._flush()
-        if dist.get_global_rank() != 0:
+        path = self.output_path(state)
+        if dist.get_global_rank() != 0 or path is None:
             return
         import matplotlib
         matplotlib.use('Agg')
@@ -92,7 +101,6 @@ class TrainingCurves(Callback):
             if ax.lines:
                 ax.legend()
         fig.tight_layout()
-        path = self.output_path(state)
         os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
         fig.savefig(path, dpi=100)
         plt.close(fig)
