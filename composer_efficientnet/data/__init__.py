@@ -3,7 +3,7 @@
 Builders take their own parameters from the recipe plus keyword-only context from the recipe runner:
 ``batch_size`` (per process), ``seed``, ``dataloader_kwargs`` (the recipe's ``dataloader`` section) and
 ``model_resolution`` (the model member's native resolution); each accepts only the context it needs.
-Workers return uint8 images; the DataSpec's microbatch transform normalizes them on the device.
+Workers return uint8 images; the DataSpec normalizes them on the device (:class:`loading.DeviceDataSpec`).
 
 ``streaming_imagenet`` needs the optional ``mosaicml-streaming`` package only when it is used.
 """
