@@ -30,14 +30,17 @@ def _member_builder(name: str):
                                      pretrained=pretrained, **{k: v for k, v in overrides.items() if v is not None})
 
     build.__name__ = f'build_{name}'
-    build.__doc__ = f'{name} as a Composer model (dropout and BatchNorm default to the member\'s and 0.1, 1e-5).'
+    build.__doc__ = (f'{name} as a Composer model (dropout and BatchNorm eps default to the member\'s, '
+                     f'{MEMBERS[name].dropout} and {MEMBERS[name].bn_eps:g}; BatchNorm momentum to 0.1).')
     return build
 
 
 BUILTINS = {
     'models': {
         **{name: _member_builder(name) for name in MEMBERS},
-        'efficientnetb0': _member_builder('efficientnet_b0'),
+        'efficientnetb0': _member_builder('efficientnet_b0'),  # Composer's name
+        **{name.replace('efficientnet_v2_', 'efficientnetv2_'): _member_builder(name)  # timm's names
+           for name in MEMBERS if name.startswith('efficientnet_v2_')},
     },
     'algorithms': {
         'alibi': ca.Alibi, 'augmix': ca.AugMix, 'blurpool': ca.BlurPool, 'channels_last': ca.ChannelsLast,

@@ -228,10 +228,10 @@ def build_loop_model(impl: str, name: str) -> nn.Module:
         return EfficientNet.from_name(name, num_classes=NUM_CLASSES, drop_connect_rate=DROP_RATE)
     if impl == 'torchvision':  # its default stochastic depth: 0.2, sample-wise ('row'), linear over blocks
         return getattr(torchvision.models, name)(weights=None, num_classes=NUM_CLASSES)
-    if impl == 'timm':
+    if impl == 'timm':  # timm spells V2 efficientnetv2_s
         import timm
-        return timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES, drop_path_rate=DROP_RATE,
-                                 drop_rate=MEMBERS[name].dropout)
+        return timm.create_model(name.replace('efficientnet_v2_', 'efficientnetv2_'), pretrained=False,
+                                 num_classes=NUM_CLASSES, drop_path_rate=DROP_RATE, drop_rate=MEMBERS[name].dropout)
     raise ValueError(f'No plain-loop model for {impl!r}.')
 
 
@@ -532,6 +532,8 @@ def run_benchmark(settings: Settings, json_path: Optional[str] = None, sync_chec
     if device.type == 'cuda':  # every row alike: our recipes and torchvision's and timm's scripts turn it on
         torch.backends.cudnn.benchmark = settings.cudnn_benchmark
     skipped = {} if 'timm' not in settings.rows or importlib.util.find_spec('timm') else {'timm': 'not installed'}
+    if 'torchvision' in settings.rows and not hasattr(torchvision.models, settings.model):
+        skipped['torchvision'] = f'has no {settings.model}'
     rows: List[Row] = []
     checked = _checked_host_sync(settings, device) if sync_check else None
     write_json(report(settings, device, rows, skipped, checked, complete=False), json_path)

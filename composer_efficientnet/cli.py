@@ -4,30 +4,36 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional
+from typing import Iterable, List, Optional
 
 __all__ = ['main', 'family_table']
 
 
-def family_table() -> List[List[str]]:
-    """Rows of the family table: ours beside the paper's parameters, FLOPs and top-1."""
+def family_table(names: Optional[Iterable[str]] = None) -> List[List[str]]:
+    """Rows of the family table: ours beside the paper's parameters, FLOPs and top-1.
+
+    Args:
+        names: the members to list (default: all), each a row after the header.
+    """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from composer_efficientnet import EfficientNet
     from composer_efficientnet.efficientnet import MEMBERS
-    rows = [['member', 'params', 'paper params', 'GMACs', 'paper FLOPs (B)*', 'GFLOPs (2/MAC)', 'resolution',
+    rows = [['member', 'params', 'paper params', 'GMACs', 'paper FLOPs (B)*', 'GFLOPs (2/MAC)', 'train/eval px',
              'dropout', 'paper top-1']]
-    for name, member in MEMBERS.items():
+    for name in MEMBERS if names is None else names:
+        member = MEMBERS[name]
+        size = member.eval_transform()['crop_size']
         with torch.device('meta'):
             model = EfficientNet.from_name(name).eval()
             counter = FlopCounterMode(display=False)
             with counter:
-                model(torch.empty(1, 3, member.resolution, member.resolution))
+                model(torch.empty(1, 3, size, size))
         flops = counter.get_total_flops() / 1e9
         params = sum(p.numel() for p in model.parameters())
         rows.append([name, f'{params / 1e6:.2f}M', f'{member.paper_params_m}M', f'{flops / 2:.2f}',
-                     f'{member.paper_gflops}', f'{flops:.2f}', str(member.resolution), str(member.dropout),
+                     f'{member.paper_gflops}', f'{flops:.2f}', f'{member.resolution}/{size}', str(member.dropout),
                      f'{member.paper_top1}%'])
     return rows
 
@@ -43,7 +49,8 @@ def _print_table(rows: List[List[str]]) -> None:
 def _info(args: argparse.Namespace) -> int:
     _print_table(family_table())
     print('\n* The paper counts FLOPs as multiply-adds; torch.utils.flop_counter counts 2 FLOPs per multiply-add.'
-          '\n  Convolutions and matmuls only, batch 1, at each member\'s native resolution.')
+          '\n  Convolutions and matmuls only, batch 1, at each member\'s evaluation resolution (B family: its native one;'
+          '\n  V2: that of its published weights, as the paper counts). V2-XL\'s top-1 is with ImageNet-21k pretraining.')
     return 0
 
 

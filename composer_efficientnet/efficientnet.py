@@ -1,29 +1,34 @@
-"""The EfficientNet family of Tan & Le (arXiv 1905.11946), B0 to B7, as one builder over two small tables."""
+"""The EfficientNet family of Tan & Le: B0 to B7 (arXiv 1905.11946) and EfficientNetV2 S, M, L and XL
+(arXiv 2104.00298), as one builder over small tables: stages, and the members built from them."""
 
 from __future__ import annotations
 
 import difflib
 import math
+import re
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from composer_efficientnet.layers import ActLayer, ConvNormAct, MBConv, NormLayer
+from composer_efficientnet.layers import ActLayer, ConvNormAct, FusedMBConv, MBConv, NormLayer, ResidualBlock
 
-__all__ = ['EfficientNet', 'StageConfig', 'MemberConfig', 'B0_STAGES', 'MEMBERS', 'canonical_name', 'block_drop_rates']
+__all__ = ['EfficientNet', 'StageConfig', 'MemberConfig', 'B0_STAGES', 'V2_S_STAGES', 'V2_M_STAGES', 'V2_L_STAGES',
+           'V2_XL_STAGES', 'MEMBERS', 'canonical_name', 'block_drop_rates']
 
 
 @dataclass(frozen=True)
 class StageConfig:
-    """One stage of B0's baseline network, before compound scaling."""
+    """One stage: its blocks' kind, expansion and kernel, the first block's stride, width and block count
+    (B0's, before compound scaling; V2's tables are not scaled)."""
     expand_ratio: int
     kernel_size: int
     stride: int
     out_channels: int
     num_blocks: int
+    fused: bool = False  # Fused-MBConv (no squeeze-excite) instead of MBConv (squeeze-excite SE_RATIO)
 
 
 #: Table 1 of the paper: the stages between the stem (32 channels) and the head (1280 channels).
@@ -36,6 +41,43 @@ B0_STAGES = (
     StageConfig(6, 5, 2, 192, 4),
     StageConfig(6, 3, 1, 320, 1),
 )
+#: EfficientNetV2-S, Table 4 of the V2 paper (stem 24, head 1280), as torchvision and timm build it.
+V2_S_STAGES = (
+    StageConfig(1, 3, 1, 24, 2, fused=True),
+    StageConfig(4, 3, 2, 48, 4, fused=True),
+    StageConfig(4, 3, 2, 64, 4, fused=True),
+    StageConfig(4, 3, 2, 128, 6),
+    StageConfig(6, 3, 1, 160, 9),
+    StageConfig(6, 3, 2, 256, 15),
+)
+#: V2-M, -L and -XL (Google's released configurations, as torchvision and timm build them).
+V2_M_STAGES = (
+    StageConfig(1, 3, 1, 24, 3, fused=True),
+    StageConfig(4, 3, 2, 48, 5, fused=True),
+    StageConfig(4, 3, 2, 80, 5, fused=True),
+    StageConfig(4, 3, 2, 160, 7),
+    StageConfig(6, 3, 1, 176, 14),
+    StageConfig(6, 3, 2, 304, 18),
+    StageConfig(6, 3, 1, 512, 5),
+)
+V2_L_STAGES = (
+    StageConfig(1, 3, 1, 32, 4, fused=True),
+    StageConfig(4, 3, 2, 64, 7, fused=True),
+    StageConfig(4, 3, 2, 96, 7, fused=True),
+    StageConfig(4, 3, 2, 192, 10),
+    StageConfig(6, 3, 1, 224, 19),
+    StageConfig(6, 3, 2, 384, 25),
+    StageConfig(6, 3, 1, 640, 7),
+)
+V2_XL_STAGES = (
+    StageConfig(1, 3, 1, 32, 4, fused=True),
+    StageConfig(4, 3, 2, 64, 8, fused=True),
+    StageConfig(4, 3, 2, 96, 8, fused=True),
+    StageConfig(4, 3, 2, 192, 16),
+    StageConfig(6, 3, 1, 256, 24),
+    StageConfig(6, 3, 2, 512, 32),
+    StageConfig(6, 3, 1, 640, 8),
+)
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
 SE_RATIO = 0.25
@@ -43,7 +85,14 @@ SE_RATIO = 0.25
 
 @dataclass(frozen=True)
 class MemberConfig:
-    """Compound scaling coefficients of one member, with the paper's reported figures for comparison."""
+    """One member: its stages and scaling, how it trains and evaluates, and the paper's figures for comparison.
+
+    ``resolution`` is the training crop, and the crop datasets default to (B family: also the evaluation
+    crop). The ``eval_*`` fields say how the member's published weights are evaluated: a center crop of
+    ``eval_resolution`` (None: ``resolution``) from images resized to ``eval_resize`` on the shorter side (None:
+    crop + 32, the EfficientNet reference's padding), with ``eval_interpolation`` and ``eval_mean``/``eval_std``
+    (None: ImageNet's).
+    """
     width: float
     depth: float
     resolution: int
@@ -51,7 +100,29 @@ class MemberConfig:
     paper_params_m: float
     paper_gflops: float  # the paper's "FLOPs": multiply-adds, in billions
     paper_top1: float
+    stages: Tuple[StageConfig, ...] = B0_STAGES
+    stem_channels: int = STEM_CHANNELS
+    head_channels: int = HEAD_CHANNELS
+    bn_eps: float = 1e-5
+    eval_resolution: Optional[int] = None
+    eval_resize: Optional[int] = None
+    eval_interpolation: str = 'bilinear'
+    eval_mean: Optional[Tuple[float, float, float]] = None
+    eval_std: Optional[Tuple[float, float, float]] = None
 
+    def eval_transform(self) -> Dict[str, Any]:
+        """The held-out dataset parameters (``crop_size``, ``resize_size``, ``interpolation``, ``mean``, ``std``)
+        that evaluate the member as its published weights were."""
+        crop = self.eval_resolution or self.resolution
+        return {'crop_size': crop, 'resize_size': self.eval_resize or crop + 32,
+                'interpolation': self.eval_interpolation, 'mean': self.eval_mean and list(self.eval_mean),
+                'std': self.eval_std and list(self.eval_std)}
+
+
+_HALF = (0.5, 0.5, 0.5)
+#: V2: torchvision's architecture defaults (dropout, BatchNorm eps 1e-3), the paper's last-stage training size
+#: (XL: Google's released 384), and how torchvision's weights evaluate (XL: Google's, as timm's ports do).
+_V2 = partial(MemberConfig, 1.0, 1.0, bn_eps=1e-3)
 
 MEMBERS = {
     'efficientnet_b0': MemberConfig(1.0, 1.0, 224, 0.2, 5.3, 0.39, 77.1),
@@ -62,19 +133,28 @@ MEMBERS = {
     'efficientnet_b5': MemberConfig(1.6, 2.2, 456, 0.4, 30, 9.9, 83.6),
     'efficientnet_b6': MemberConfig(1.8, 2.6, 528, 0.5, 43, 19, 84.0),
     'efficientnet_b7': MemberConfig(2.0, 3.1, 600, 0.5, 66, 37, 84.3),
+    'efficientnet_v2_s': _V2(300, 0.2, 22, 8.8, 83.9, V2_S_STAGES, stem_channels=24, eval_resolution=384,
+                             eval_resize=384),
+    'efficientnet_v2_m': _V2(380, 0.3, 54, 24, 85.1, V2_M_STAGES, stem_channels=24, eval_resolution=480,
+                             eval_resize=480),
+    'efficientnet_v2_l': _V2(380, 0.4, 120, 53, 85.7, V2_L_STAGES, eval_resolution=480, eval_resize=480,
+                             eval_interpolation='bicubic', eval_mean=_HALF, eval_std=_HALF),
+    'efficientnet_v2_xl': _V2(384, 0.4, 208, 94, 87.3, V2_XL_STAGES, eval_resolution=512, eval_resize=512,
+                              eval_interpolation='bicubic', eval_mean=_HALF, eval_std=_HALF),
 }
 
 
 def canonical_name(name: str) -> str:
-    """Map ``efficientnet_b3``, ``efficientnet-b3`` or ``efficientnetb3`` (any case) to ``efficientnet_b3``."""
+    """Map the spellings of a member (any case; ``-`` for ``_``; ``efficientnetb3``, ``efficientnetv2_s``,
+    ``efficientnet-v2-s``) to its name in :data:`MEMBERS` (``efficientnet_b3``, ``efficientnet_v2_s``)."""
     key = str(name).strip().lower().replace('-', '_')
-    if key.startswith('efficientnetb'):
-        key = 'efficientnet_b' + key[len('efficientnetb'):]
+    if match := re.fullmatch(r'efficientnet_?(v2_?)?([a-z]\w*)', key):
+        key = f"efficientnet_{'v2_' if match[1] else ''}{match[2]}"
     if key not in MEMBERS:
         close = difflib.get_close_matches(key, MEMBERS, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ''
         raise ValueError(f"Unknown EfficientNet member '{name}'.{hint} Valid names: {', '.join(MEMBERS)} "
-                         "(also spelled efficientnet-bN or efficientnetbN).")
+                         "(also spelled efficientnet-bN, efficientnetbN, efficientnetv2_s or efficientnet-v2-s).")
     return key
 
 
@@ -100,10 +180,12 @@ def make_divisible(channels: float, divisor: int = 8) -> int:
 
 
 class EfficientNet(nn.Module):
-    """An EfficientNet: stem, seven stages of MBConv blocks, 1x1 head, pooling, dropout, classifier.
+    """An EfficientNet: stem, stages of MBConv or Fused-MBConv blocks, 1x1 head, pooling, dropout, classifier.
 
-    Block ``i`` of ``n`` gets the stochastic-depth rate ``drop_connect_rate * i / n``; read or change
-    the rates at run time with :meth:`drop_rates` and :meth:`set_drop_rates`.
+    ``stages`` is a table of :class:`StageConfig` (B0's by default), scaled by ``width`` and ``depth``; every
+    member of both families is built by this one class (see :meth:`from_name`). Block ``i`` of ``n`` gets the
+    stochastic-depth rate ``drop_connect_rate * i / n``; read or change the rates at run time with
+    :meth:`drop_rates` and :meth:`set_drop_rates`.
 
     Example:
         >>> from composer_efficientnet import EfficientNet
@@ -115,7 +197,8 @@ class EfficientNet(nn.Module):
     def __init__(self, width: float = 1.0, depth: float = 1.0, num_classes: int = 1000, dropout: float = 0.2,
                  drop_connect_rate: float = 0.2, bn_momentum: float = 0.1, bn_eps: float = 1e-5,
                  norm_layer: Optional[NormLayer] = None, act_layer: ActLayer = nn.SiLU,
-                 stages: tuple = B0_STAGES) -> None:
+                 stages: Tuple[StageConfig, ...] = B0_STAGES, stem_channels: int = STEM_CHANNELS,
+                 head_channels: int = HEAD_CHANNELS) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f'num_classes must be a positive integer, got {num_classes}.')
@@ -123,22 +206,23 @@ class EfficientNet(nn.Module):
             raise ValueError(f'drop_connect_rate must be a number in [0, 1), got {drop_connect_rate!r}.')
         self.num_classes = num_classes
         norm_layer = norm_layer or partial(nn.BatchNorm2d, momentum=bn_momentum, eps=bn_eps)
-        channels = make_divisible(STEM_CHANNELS * width)
+        channels = make_divisible(stem_channels * width)
         self.stem = ConvNormAct(3, channels, 3, norm_layer, act_layer, stride=2)
         repeats = [math.ceil(stage.num_blocks * depth) for stage in stages]
         drop_rates = iter(block_drop_rates(sum(repeats), drop_connect_rate))
         stage_modules: List[nn.Sequential] = []
         for stage, num_blocks in zip(stages, repeats):
             out_channels = make_divisible(stage.out_channels * width)
+            block = FusedMBConv if stage.fused else partial(MBConv, se_ratio=SE_RATIO)
             blocks = []
             for i in range(num_blocks):
-                blocks.append(MBConv(channels, out_channels, stage.kernel_size, stage.stride if i == 0 else 1,
-                                     stage.expand_ratio, SE_RATIO, norm_layer, act_layer,
-                                     drop_rate=next(drop_rates)))
+                blocks.append(block(channels, out_channels, stage.kernel_size, stage.stride if i == 0 else 1,
+                                    stage.expand_ratio, norm_layer=norm_layer, act_layer=act_layer,
+                                    drop_rate=next(drop_rates)))
                 channels = out_channels
             stage_modules.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stage_modules)
-        self.num_features = make_divisible(HEAD_CHANNELS * width)
+        self.num_features = make_divisible(head_channels * width)
         self.head = ConvNormAct(channels, self.num_features, 1, norm_layer, act_layer)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
@@ -147,12 +231,16 @@ class EfficientNet(nn.Module):
 
     @classmethod
     def from_name(cls, name: str, num_classes: int = 1000, **overrides: Any) -> 'EfficientNet':
-        """Build member ``name`` (``efficientnet_b0`` ... ``efficientnet_b7``) with the paper's scaling.
+        """Build member ``name`` (``efficientnet_b0`` ... ``efficientnet_b7``, ``efficientnet_v2_s`` ...
+        ``efficientnet_v2_xl``) from its table: the B family with the paper's scaling.
 
-        ``overrides`` replace any constructor argument, ``dropout`` and ``drop_connect_rate`` included.
+        ``overrides`` replace any constructor argument, ``dropout``, ``drop_connect_rate`` and ``bn_eps``
+        (the member's: 1e-5, V2's 1e-3 as torchvision's and TensorFlow's) included.
         """
         member = MEMBERS[canonical_name(name)]
-        kwargs = {'width': member.width, 'depth': member.depth, 'dropout': member.dropout, **overrides}
+        kwargs = {'width': member.width, 'depth': member.depth, 'dropout': member.dropout, 'bn_eps': member.bn_eps,
+                  'stages': member.stages, 'stem_channels': member.stem_channels,
+                  'head_channels': member.head_channels, **overrides}
         return cls(num_classes=num_classes, **kwargs)
 
     def reset_parameters(self) -> None:
@@ -172,8 +260,8 @@ class EfficientNet(nn.Module):
                 nn.init.uniform_(module.weight, -bound, bound)
                 nn.init.zeros_(module.bias)
 
-    def blocks(self) -> List[MBConv]:
-        """Every MBConv block, in depth order."""
+    def blocks(self) -> List[ResidualBlock]:
+        """Every MBConv and Fused-MBConv block, in depth order."""
         return [block for stage in self.stages for block in stage]
 
     def drop_rates(self) -> List[float]:

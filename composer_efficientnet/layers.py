@@ -1,4 +1,5 @@
-"""Building blocks of EfficientNet: sample-wise drop path, conv-norm-activation, squeeze-excite, MBConv.
+"""Building blocks of EfficientNet: sample-wise drop path, conv-norm-activation, squeeze-excite, MBConv and
+EfficientNetV2's Fused-MBConv.
 
 Blocks take their norm and activation layers as arguments so one implementation serves every member
 and every normalization choice.
@@ -11,7 +12,7 @@ from typing import Callable, Optional, Union
 import torch
 from torch import nn
 
-__all__ = ['drop_path', 'ConvNormAct', 'SqueezeExcite', 'MBConv']
+__all__ = ['drop_path', 'ConvNormAct', 'SqueezeExcite', 'ResidualBlock', 'MBConv', 'FusedMBConv']
 
 NormLayer = Callable[[int], nn.Module]
 ActLayer = Callable[[], nn.Module]
@@ -83,30 +84,19 @@ class SqueezeExcite(nn.Module):
         return x * scale.sigmoid()
 
 
-class MBConv(nn.Module):
-    """Mobile inverted bottleneck with squeeze-excite and sample-wise stochastic depth.
-
-    With ``expand_ratio == 1`` it is the depthwise-separable block of EfficientNet's first stage (no
-    expansion convolution). The projection has no activation. The residual connection, and with it
-    stochastic depth, exists when the block keeps resolution and width.
+class ResidualBlock(nn.Module):
+    """A block whose output is added to its input when it keeps resolution and width, with sample-wise
+    stochastic depth on that residual branch; subclasses build the branch and call :meth:`add_residual`.
 
     ``drop_rate`` is a property backed by a non-persistent buffer: it can be read and set at run time
     (by a schedule, say) without touching the state dict's keys, and setting it costs no host sync.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, expand_ratio: int,
-                 se_ratio: float, norm_layer: NormLayer, act_layer: ActLayer, drop_rate: float = 0.0) -> None:
+    def __init__(self, has_residual: bool) -> None:
         super().__init__()
-        mid_channels = in_channels * expand_ratio
-        self.expand = (ConvNormAct(in_channels, mid_channels, 1, norm_layer, act_layer)
-                       if expand_ratio != 1 else nn.Identity())
-        self.depthwise = ConvNormAct(mid_channels, mid_channels, kernel_size, norm_layer, act_layer, stride=stride,
-                                     groups=mid_channels)
-        self.se = SqueezeExcite(mid_channels, max(1, int(in_channels * se_ratio)), act_layer)
-        self.project = ConvNormAct(mid_channels, out_channels, 1, norm_layer, act_layer=None)
-        self.has_residual = stride == 1 and in_channels == out_channels
+        self.has_residual = has_residual
         self.register_buffer('_keep_prob', torch.tensor(1.0), persistent=False)
-        self.drop_rate = drop_rate
+        self.drop_rate = 0.0
 
     @property
     def drop_rate(self) -> float:
@@ -122,10 +112,55 @@ class MBConv(nn.Module):
         with torch.no_grad():
             self._keep_prob.fill_(1.0 - self._drop_rate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.project(self.se(self.depthwise(self.expand(x))))
+    def add_residual(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``x + out`` (``out``'s samples dropped or rescaled in training), or ``out`` without a residual."""
         if not self.has_residual:
             return out
         if self.training and self._drop_active:
             return torch.addcmul(x, out, _keep_scale(out, self._keep_prob))
         return x + out
+
+
+class MBConv(ResidualBlock):
+    """Mobile inverted bottleneck with squeeze-excite and sample-wise stochastic depth.
+
+    With ``expand_ratio == 1`` it is the depthwise-separable block of EfficientNet's first stage (no
+    expansion convolution). The projection has no activation. The residual connection, and with it
+    stochastic depth, exists when the block keeps resolution and width.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, expand_ratio: int,
+                 se_ratio: float, norm_layer: NormLayer, act_layer: ActLayer, drop_rate: float = 0.0) -> None:
+        super().__init__(has_residual=stride == 1 and in_channels == out_channels)
+        mid_channels = in_channels * expand_ratio
+        self.expand = (ConvNormAct(in_channels, mid_channels, 1, norm_layer, act_layer)
+                       if expand_ratio != 1 else nn.Identity())
+        self.depthwise = ConvNormAct(mid_channels, mid_channels, kernel_size, norm_layer, act_layer, stride=stride,
+                                     groups=mid_channels)
+        self.se = SqueezeExcite(mid_channels, max(1, int(in_channels * se_ratio)), act_layer)
+        self.project = ConvNormAct(mid_channels, out_channels, 1, norm_layer, act_layer=None)
+        self.drop_rate = drop_rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.add_residual(x, self.project(self.se(self.depthwise(self.expand(x)))))
+
+
+class FusedMBConv(ResidualBlock):
+    """EfficientNetV2's Fused-MBConv: one full ``kernel_size`` convolution (``fused``) in place of MBConv's
+    1x1 expansion and depthwise convolutions, then the 1x1 projection; no squeeze-excite.
+
+    With ``expand_ratio == 1`` (V2's first stage) the fused convolution maps straight to ``out_channels``,
+    with its activation, and there is no projection. Residual and stochastic depth as :class:`MBConv`'s.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, expand_ratio: int,
+                 norm_layer: NormLayer, act_layer: ActLayer, drop_rate: float = 0.0) -> None:
+        super().__init__(has_residual=stride == 1 and in_channels == out_channels)
+        mid_channels = in_channels * expand_ratio if expand_ratio != 1 else out_channels
+        self.fused = ConvNormAct(in_channels, mid_channels, kernel_size, norm_layer, act_layer, stride=stride)
+        self.project = (ConvNormAct(mid_channels, out_channels, 1, norm_layer, act_layer=None)
+                        if expand_ratio != 1 else nn.Identity())
+        self.drop_rate = drop_rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.add_residual(x, self.project(self.fused(x)))

@@ -1,6 +1,7 @@
 """Import pretrained weights from torchvision or timm checkpoints, offline, with all-or-nothing checks.
 
-Both libraries' ``efficientnet_bN`` share our architecture exactly, so importing is renaming keys.
+Both libraries' ``efficientnet_bN``, torchvision's ``efficientnet_v2_{s,m,l}`` and timm's ``efficientnetv2_{s,m,l,xl}``
+share our architecture exactly, so importing is renaming keys (and setting the BatchNorm eps the source used).
 Users pass a file or a state dict; nothing is downloaded.
 """
 
@@ -15,7 +16,7 @@ from typing import Callable, Dict, Iterable, Mapping, Tuple, Union
 import torch
 from torch import nn
 
-from composer_efficientnet.efficientnet import B0_STAGES, HEAD_CHANNELS, MEMBERS, EfficientNet, make_divisible
+from composer_efficientnet.efficientnet import MEMBERS, EfficientNet, make_divisible
 from composer_efficientnet.safe_load import checkpoint_globals as _composer_checkpoint_globals
 
 __all__ = ['from_torchvision', 'from_timm', 'detect_format', 'read_state_dict', 'as_state_dict', 'to_native',
@@ -51,10 +52,11 @@ def _some(keys: Iterable[str], limit: int = 8) -> str:
 
 
 def from_torchvision(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
-    """Rename a ``torchvision.models.efficientnet_bN`` state dict to this package's keys, and nothing more.
+    """Rename a ``torchvision.models.efficientnet_bN`` or ``efficientnet_v2_*`` state dict to this package's
+    keys, and nothing more.
 
-    A state dict does not hold BatchNorm's eps, and torchvision's B5-B7 were trained with 1e-3: a model that
-    loads this renaming by hand must be built with :func:`source_bn_overrides` (or ``bn_eps=1e-3``) to give
+    A state dict does not hold BatchNorm's eps, and torchvision's B5-B7 and V2 were trained with 1e-3: a model
+    that loads this renaming by hand must be built with :func:`source_bn_overrides` (or ``bn_eps=1e-3``) to give
     torchvision's outputs. :func:`load_pretrained` and ``composer_efficientnet(..., pretrained=...)`` set it.
 
     Example:
@@ -66,14 +68,16 @@ def from_torchvision(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
     """
     head_index = max((int(k.split('.')[1]) for k in state_dict if k.startswith('features.')), default=-1)
     expanded_blocks = {k.split('.block.')[0] for k in state_dict if re.match(r'features\.\d+\.\d+\.block\.3\.', k)}
+    se_blocks = {k.split('.block.')[0] for k in state_dict if '.fc1.' in k}  # MBConv; the others are Fused-MBConv
 
     def rename(key: str) -> str:
         if match := re.fullmatch(r'features\.(\d+)\.([01])\.(\w+)', key):
             part = {'0': 'stem', str(head_index): 'head'}[match[1]]
             return f'{part}.{_CONV_NORM[match[2]]}.{match[3]}'
         if match := re.fullmatch(r'(features\.(\d+)\.(\d+))\.block\.(\d)\.(\w+)\.(\w+)', key):
-            layers = ['expand', 'depthwise', 'se', 'project'] if match[1] in expanded_blocks else [
-                'depthwise', 'se', 'project']
+            layers = (['fused', 'project'] if match[1] not in se_blocks else
+                      ['expand', 'depthwise', 'se', 'project'] if match[1] in expanded_blocks else
+                      ['depthwise', 'se', 'project'])
             layer = layers[int(match[4])]
             child = {'fc1': 'reduce', 'fc2': 'expand'}[match[5]] if layer == 'se' else _CONV_NORM[match[5]]
             return f'stages.{int(match[2]) - 1}.{match[3]}.{layer}.{child}.{match[6]}'
@@ -88,21 +92,35 @@ _TIMM_INVERTED_RESIDUAL = {'conv_pw': 'expand.conv', 'bn1': 'expand.bn', 'conv_d
                            'bn2': 'depthwise.bn', 'conv_pwl': 'project.conv', 'bn3': 'project.bn'}
 _TIMM_DEPTHWISE_SEPARABLE = {'conv_dw': 'depthwise.conv', 'bn1': 'depthwise.bn', 'conv_pw': 'project.conv',
                              'bn2': 'project.bn'}
+_TIMM_EDGE_RESIDUAL = {'conv_exp': 'fused.conv', 'bn1': 'fused.bn', 'conv_pwl': 'project.conv',
+                       'bn2': 'project.bn'}  # timm's Fused-MBConv
+_TIMM_CONV_BN_ACT = {'conv': 'fused.conv', 'bn1': 'fused.bn'}  # timm's Fused-MBConv without expansion
 _TIMM_TOP = {'conv_stem': 'stem.conv', 'bn1': 'stem.bn', 'conv_head': 'head.conv', 'bn2': 'head.bn',
              'classifier': 'classifier'}
 
 
 def from_timm(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
-    """Rename a ``timm`` ``efficientnet_bN`` state dict to this package's keys."""
-    inverted_residuals = {k.split('.conv_pwl.')[0] for k in state_dict if '.conv_pwl.' in k}
+    """Rename a ``timm`` ``efficientnet_bN`` or ``efficientnetv2_*`` state dict to this package's keys, and nothing
+    more (timm trains every member with PyTorch's default BatchNorm eps, 1e-5)."""
+    block_layers: Dict[str, set] = {}
+    for key in state_dict:
+        if match := re.match(r'(blocks\.\d+\.\d+)\.(\w+)\.', key):
+            block_layers.setdefault(match[1], set()).add(match[2])
+
+    def table(block: str) -> Dict[str, str]:
+        layers = block_layers[block]
+        if 'conv_exp' in layers:
+            return _TIMM_EDGE_RESIDUAL
+        if 'conv_dw' not in layers:
+            return _TIMM_CONV_BN_ACT
+        return _TIMM_INVERTED_RESIDUAL if 'conv_pwl' in layers else _TIMM_DEPTHWISE_SEPARABLE
 
     def rename(key: str) -> str:
         if match := re.fullmatch(r'(blocks\.(\d+)\.(\d+))\.(se\.conv_reduce|se\.conv_expand|\w+)\.(\w+)', key):
             prefix = f'stages.{match[2]}.{match[3]}'
             if match[4].startswith('se.'):
                 return f'{prefix}.se.{match[4][len("se.conv_"):]}.{match[5]}'
-            table = _TIMM_INVERTED_RESIDUAL if match[1] in inverted_residuals else _TIMM_DEPTHWISE_SEPARABLE
-            return f'{prefix}.{table[match[4]]}.{match[5]}'
+            return f'{prefix}.{table(match[1])[match[4]]}.{match[5]}'
         if match := re.fullmatch(r'(\w+)\.(\w+)', key):
             return f'{_TIMM_TOP[match[1]]}.{match[2]}'
         raise KeyError(key)
@@ -139,7 +157,7 @@ def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
         raise WeightsError(f"'{path}' looks like timm's tf_efficientnet weights, ported from TensorFlow: those "
                            "models pad convolutions as TensorFlow's 'same' and use BatchNorm eps 1e-3, which this "
                            'architecture does not; their keys match, so they would load and give wrong outputs. Use '
-                           "timm's efficientnet_bN or torchvision's efficientnet_bN weights.")
+                           "timm's efficientnet_bN or torchvision's efficientnet_bN or efficientnet_v2_* weights.")
     try:
         if path.endswith('.safetensors'):
             from safetensors.torch import load_file
@@ -173,7 +191,8 @@ def to_native(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
 
 #: BatchNorm eps of the members each source trained with another eps than PyTorch's 1e-5.
 _SOURCE_BN_EPS = {
-    'torchvision': {'efficientnet_b5': 1e-3, 'efficientnet_b6': 1e-3, 'efficientnet_b7': 1e-3},
+    'torchvision': {'efficientnet_b5': 1e-3, 'efficientnet_b6': 1e-3, 'efficientnet_b7': 1e-3,
+                    'efficientnet_v2_s': 1e-3, 'efficientnet_v2_m': 1e-3, 'efficientnet_v2_l': 1e-3},
     'timm': {},
 }
 
@@ -197,16 +216,21 @@ def _set_bn_eps(model: nn.Module, eps: float, why: str) -> None:
             layer.eps = eps
 
 
+def _layout(member: str) -> Tuple[int, int, int]:
+    """Block count, stem and head widths of a member: what tells members' state dicts apart."""
+    config = MEMBERS[member]
+    return (sum(math.ceil(stage.num_blocks * config.depth) for stage in config.stages),
+            make_divisible(config.stem_channels * config.width), make_divisible(config.head_channels * config.width))
+
+
 def guess_member(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """The member whose block count and head width match a native state dict, or 'no EfficientNet member'."""
-    num_blocks = len({'.'.join(k.split('.')[:3]) for k in state_dict if k.startswith('stages.')})
-    head = state_dict.get('head.conv.weight')
-    for name, member in MEMBERS.items():
-        member_blocks = sum(math.ceil(stage.num_blocks * member.depth) for stage in B0_STAGES)
-        if head is not None and (member_blocks, make_divisible(HEAD_CHANNELS * member.width)) == (num_blocks,
-                                                                                                   head.shape[0]):
-            return name
-    return 'no EfficientNet member'
+    """The member whose block count, stem and head widths match a native state dict, or 'no EfficientNet
+    member'."""
+    if 'stem.conv.weight' not in state_dict or 'head.conv.weight' not in state_dict:
+        return 'no EfficientNet member'
+    layout = (len({'.'.join(k.split('.')[:3]) for k in state_dict if k.startswith('stages.')}),
+              state_dict['stem.conv.weight'].shape[0], state_dict['head.conv.weight'].shape[0])
+    return next((name for name in MEMBERS if _layout(name) == layout), 'no EfficientNet member')
 
 
 def load_pretrained(model: nn.Module, source: Union[str, os.PathLike, Mapping[str, torch.Tensor]],

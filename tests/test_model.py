@@ -3,18 +3,21 @@
 import math
 
 import pytest
+import timm
 import torch
 import torchvision
 
 from composer_efficientnet import EfficientNet
-from composer_efficientnet.efficientnet import MEMBERS, block_drop_rates, canonical_name, make_divisible
+from composer_efficientnet.efficientnet import B0_STAGES, MEMBERS, block_drop_rates, canonical_name, make_divisible
 from composer_efficientnet.layers import MBConv
 
-TORCHVISION_PARAMS = {
+REFERENCE_PARAMS = {  # torchvision's weights metadata; XL: timm's efficientnetv2_xl
     'efficientnet_b0': 5_288_548, 'efficientnet_b1': 7_794_184, 'efficientnet_b2': 9_109_994,
     'efficientnet_b3': 12_233_232, 'efficientnet_b4': 19_341_616, 'efficientnet_b5': 30_389_784,
-    'efficientnet_b6': 43_040_704, 'efficientnet_b7': 66_347_960,
+    'efficientnet_b6': 43_040_704, 'efficientnet_b7': 66_347_960, 'efficientnet_v2_s': 21_458_488,
+    'efficientnet_v2_m': 54_139_356, 'efficientnet_v2_l': 118_515_272, 'efficientnet_v2_xl': 208_119_808,
 }
+B_FAMILY = [name for name in MEMBERS if MEMBERS[name].stages is B0_STAGES]
 
 
 def num_params(model: torch.nn.Module) -> int:
@@ -22,14 +25,16 @@ def num_params(model: torch.nn.Module) -> int:
 
 
 @pytest.mark.parametrize('name', list(MEMBERS))
-def test_parameter_count_equals_torchvision(name):
-    ours = EfficientNet.from_name(name)
-    reference = getattr(torchvision.models, name)()
-    assert num_params(ours) == num_params(reference) == TORCHVISION_PARAMS[name]
+def test_parameter_count_equals_torchvision_and_timm(name):
+    with torch.device('meta'):
+        ours = EfficientNet.from_name(name)
+        reference = (getattr(torchvision.models, name)() if hasattr(torchvision.models, name) else
+                     timm.create_model(name.replace('efficientnet_v2_', 'efficientnetv2_')))
+    assert num_params(ours) == num_params(reference) == REFERENCE_PARAMS[name]
     assert math.isclose(num_params(ours) / 1e6, MEMBERS[name].paper_params_m, rel_tol=0.05)
 
 
-@pytest.mark.parametrize('name', list(MEMBERS))
+@pytest.mark.parametrize('name', [*B_FAMILY, 'efficientnet_v2_s'])
 def test_forward_backward_small_resolution(name):
     torch.manual_seed(0)
     model = EfficientNet.from_name(name, num_classes=7)
@@ -47,7 +52,13 @@ def test_name_spellings(spelling):
     assert canonical_name(spelling) == 'efficientnet_b3'
 
 
-@pytest.mark.parametrize('bad', ['efficientnet_b8', 'resnet50', 'efficientnet_b', ''])
+@pytest.mark.parametrize('spelling', ['efficientnet_v2_s', 'efficientnetv2_s', 'efficientnet-v2-s', 'EfficientNetV2-S'])
+def test_v2_name_spellings(spelling):
+    assert canonical_name(spelling) == 'efficientnet_v2_s'
+
+
+@pytest.mark.parametrize('bad', ['efficientnet_b8', 'resnet50', 'efficientnet_b', '', 'efficientnet_v2_b0',
+                                 'tf_efficientnetv2_s'])
 def test_bad_name_is_a_clear_error(bad):
     with pytest.raises(ValueError, match='Unknown EfficientNet member') as info:
         EfficientNet.from_name(bad)
@@ -134,10 +145,12 @@ def test_mbconv_without_residual_ignores_rate():
     assert block.drop_rate == 0.0 and not block.has_residual
 
 
-@pytest.mark.parametrize('convert', ['script', 'trace', 'export'])
-def test_model_converts_for_deployment_with_equal_outputs(convert):
+@pytest.mark.parametrize('convert,name', [('script', 'efficientnet_b0'), ('trace', 'efficientnet_b0'),
+                                          ('export', 'efficientnet_b0'), ('script', 'efficientnet_v2_s'),
+                                          ('export', 'efficientnet_v2_s')])
+def test_model_converts_for_deployment_with_equal_outputs(convert, name):
     torch.manual_seed(0)
-    model = EfficientNet.from_name('efficientnet_b0', num_classes=10).eval()
+    model = EfficientNet.from_name(name, num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)
     converted = {'script': lambda: torch.jit.script(model),
                  'trace': lambda: torch.jit.trace(model, x),

@@ -53,18 +53,20 @@ def test_mixed_precision_on_cpu_falls_back_with_one_warning(tmp_path, capsys):
     assert warnings == ['warning: precision AMP needs a GPU; this CPU run uses fp32.']
 
 
-@pytest.mark.parametrize('name', list(MEMBERS))
+@pytest.mark.parametrize('name', [name for name in MEMBERS if name != 'efficientnet_v2_xl'])  # XL ships none
 def test_imagenet_recipes_validate(tmp_path, name):
     config = load_recipe(os.path.join(RECIPES, f'{name}_imagenet.yaml'),
                          [f'train_dataset.imagenet.datadir={tmp_path}', f'val_dataset.imagenet.datadir={tmp_path}'])
     recipe = validate(config, world_size=8)
     member = MEMBERS[name]
-    assert recipe.model.name == name and recipe.model.params['dropout'] == member.dropout
+    assert recipe.model.name == name
     assert config['train_dataset']['imagenet']['crop_size'] == member.resolution == recipe.model_resolution
     assert {e.name for e in recipe.algorithms} >= {'label_smoothing', 'sample_stochastic_depth'}
     val = config['val_dataset']['imagenet']
-    # the EfficientNet reference's crop padding of 32 pixels (256/224 for B0, the model card's)
-    assert (val['crop_size'], val['resize_size']) == (member.resolution, member.resolution + 32)
+    # as the member's published weights evaluate (B family: the EfficientNet reference's crop padding of 32
+    # pixels, 256/224 for B0, the model card's)
+    assert {k: val.get(k, 'bilinear' if k == 'interpolation' else None) for k in member.eval_transform()} == \
+        member.eval_transform()
 
 
 def test_b0_recipe_is_the_model_card():

@@ -1,7 +1,8 @@
 """Composer algorithms for EfficientNet training, each with its functional form.
 
 Importing this package also lets Composer's own ``StochasticDepth`` target our blocks as
-``target_layer_name='EfficientNetMBConv'`` (sample method).
+``target_layer_name='EfficientNetMBConv'``, ``'EfficientNetFusedMBConv'`` or ``'EfficientNetBlock'`` (both
+kinds, in depth order: EfficientNetV2's choice), sample method.
 """
 
 from composer_efficientnet.algorithms.label_smoothing import LabelSmoothing, apply_label_smoothing

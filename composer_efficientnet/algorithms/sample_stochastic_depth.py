@@ -12,18 +12,20 @@ from composer.core import Algorithm, Event, State, Time, TimeUnit
 from composer.loggers import Logger
 
 from composer_efficientnet.efficientnet import DROP_DISTRIBUTIONS, block_drop_rates
-from composer_efficientnet.layers import MBConv
+from composer_efficientnet.layers import FusedMBConv, MBConv, ResidualBlock
 
 __all__ = ['SampleStochasticDepth', 'apply_sample_stochastic_depth', 'block_drop_rates', 'DROP_DISTRIBUTIONS']
 
 log = logging.getLogger(__name__)
 
 def _stochastic_blocks(model: torch.nn.Module) -> List[torch.nn.Module]:
-    """Our MBConv blocks, or the StochasticDepth layers of torchvision's EfficientNet blocks, in depth order."""
-    ours = [m for m in model.modules() if isinstance(m, MBConv)]
+    """Our (Fused-)MBConv blocks, or the StochasticDepth layers of torchvision's EfficientNet blocks, in depth
+    order."""
+    ours = [m for m in model.modules() if isinstance(m, ResidualBlock)]
     if ours:
         return ours
-    return [m.stochastic_depth for m in model.modules() if isinstance(m, torchvision.models.efficientnet.MBConv)]
+    theirs = (torchvision.models.efficientnet.MBConv, torchvision.models.efficientnet.FusedMBConv)
+    return [m.stochastic_depth for m in model.modules() if isinstance(m, theirs)]
 
 
 def apply_sample_stochastic_depth(model: torch.nn.Module, drop_rate: float = 0.2,
@@ -42,7 +44,7 @@ def apply_sample_stochastic_depth(model: torch.nn.Module, drop_rate: float = 0.2
     """
     blocks = _stochastic_blocks(model)
     for block, rate in zip(blocks, block_drop_rates(len(blocks), drop_rate, drop_distribution)):
-        if isinstance(block, MBConv):
+        if isinstance(block, ResidualBlock):
             block.drop_rate = rate
         else:
             block.p, block.mode = rate, 'row'
@@ -137,14 +139,17 @@ def _as_time(value: Union[str, Time, float, int]) -> Time:
     return time
 
 
-def _make_mbconv_stochastic(module: MBConv, module_index: int, module_count: int, drop_rate: float,
-                            drop_distribution: str, stochastic_method: str) -> MBConv:
+def _make_mbconv_stochastic(module: ResidualBlock, module_index: int, module_count: int, drop_rate: float,
+                            drop_distribution: str, stochastic_method: str) -> ResidualBlock:
     """Composer ``StochasticDepth`` policy for our blocks: set the rate Composer computes, keep the module."""
     if stochastic_method != 'sample':
-        raise ValueError("target_layer_name='EfficientNetMBConv' supports stochastic_method='sample' only, got "
-                         f'{stochastic_method!r}.')
+        raise ValueError(f"target_layer_name {', '.join(_TARGETS)}: our blocks support stochastic_method='sample' "
+                         f'only, got {stochastic_method!r}.')
     module.drop_rate = drop_rate * (module_index + 1) / module_count if drop_distribution == 'linear' else drop_rate
     return module
 
 
-composer_stochastic_depth._STOCHASTIC_LAYER_MAPPING['EfficientNetMBConv'] = (MBConv, _make_mbconv_stochastic)
+#: Composer ``StochasticDepth`` targets: each block kind, or every block of a model in depth order (V2's).
+_TARGETS = {'EfficientNetMBConv': MBConv, 'EfficientNetFusedMBConv': FusedMBConv, 'EfficientNetBlock': ResidualBlock}
+for _name, _block in _TARGETS.items():
+    composer_stochastic_depth._STOCHASTIC_LAYER_MAPPING[_name] = (_block, _make_mbconv_stochastic)
