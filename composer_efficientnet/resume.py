@@ -229,7 +229,11 @@ def checkpoint_must_fit(recipe: Recipe, path: Optional[str], build: Callable[[],
 
     Unless the recipe sets ``load_trusted: true``, every checkpoint Composer loads meanwhile (``path``, downloaded
     or not, or one autoresume finds) is read without running code it carries: one that would is a
-    :class:`RecipeError` at ``key``."""
+    :class:`RecipeError` at ``key``. The local files of ``load_checkpoint`` callbacks, which may load during
+    ``fit``, are checked first."""
+    for entry in recipe.callbacks:
+        if entry.name == 'load_checkpoint' and isinstance(entry.params.get('load_path'), str):
+            check_checkpoint(entry.params['load_path'], recipe, key='callbacks.load_checkpoint.load_path')
     try:
         trainer = _build_without_code(recipe, path, build, key)
     except (RuntimeError, KeyError) as error:

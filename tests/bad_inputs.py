@@ -186,6 +186,11 @@ def _code_in(command: str, name: str, as_load_path: bool, **changes: Any) -> Set
     return setup
 
 
+def _code_in_a_callback(tmp: Path) -> List[str]:
+    loading = {'load_checkpoint': {'load_path': str(code_running_checkpoint(tmp / 'crafted.pt')), 'event': 'fit_start'}}
+    return ['train', write_recipe(tmp, with_run(callbacks=[loading]))]
+
+
 def _another_run(tmp: Path) -> List[str]:
     (tmp / 'checkpoints').mkdir()
     torch.save({'state': {'model': {}, 'run_name': 'first'}}, tmp / 'checkpoints' / 'ep1-ba8-rank0.pt')
@@ -309,6 +314,8 @@ TABLE: List[BadInput] = [
     BadInput('override', 'autoresume of a checkpoint that would run code',
              _code_in('train', 'checkpoints/ep1-ba8-rank0.pt', False, autoresume=True, run_name='crafted'),
              r"autoresume: 'checkpoints/ep1-ba8-rank0.pt'" + RUNS_CODE),
+    BadInput('recipe', 'load_checkpoint callback of a file that would run code', _code_in_a_callback,
+             r"callbacks.load_checkpoint.load_path: '.*/crafted.pt'" + RUNS_CODE),
     BadInput('recipe', 'autoresume of another run', _another_run,
              r"run_name: is 'second', but 'checkpoints/ep1-ba8-rank0.pt', the newest checkpoint in save_folder "
              r"'checkpoints', is of run 'first': set run_name=first to continue that run, or start run 'second' in "
