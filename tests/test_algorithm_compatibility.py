@@ -13,7 +13,7 @@ from composer_efficientnet import cli, composer_efficientnet, registry, runner, 
 from composer_efficientnet.algorithms.compatibility import SUPPORT
 from composer_efficientnet.data import build_digits_dataspec
 from composer_efficientnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from composer_efficientnet.recipe import load_recipe, validate
+from composer_efficientnet.recipe import RecipeErrors, load_recipe, mistakes_of, validate
 
 QUICKSTART = os.path.join(os.path.dirname(__file__), '..', 'recipes', 'quickstart.yaml')
 TINY = ['train_dataset.digits.image_size=16', 'train_dataset.digits.max_shift=1', 'val_dataset=null',
@@ -100,3 +100,10 @@ def test_recipes_normalize_whole_batches_on_the_device_before_the_algorithms():
     by_hand = build_digits_dataspec(image_size=16, batch_size=8)  # not placed: per microbatch, as before
     assert by_hand.batch_transforms(raw)[0] is raw[0]
     torch.testing.assert_close(by_hand.microbatch_transforms(raw)[0], images, rtol=0, atol=0)
+
+
+def test_every_algorithm_mistake_is_reported_at_once():
+    with pytest.raises(RecipeErrors) as error:
+        validate(load_recipe(QUICKSTART, [*TINY, 'algorithms=[{randaugment: {}}, {mixup: {alpha: 0}}, {cutout: {}}]']))
+    assert [line.split(': ')[0] for line in mistakes_of(error.value)] == ['algorithms.randaugment',
+                                                                        'algorithms.mixup.alpha']

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from composer_efficientnet.data import BUILDERS
 from composer_efficientnet.efficientnet import canonical_name
-from composer_efficientnet.recipe import Entry, Recipe, RecipeError
+from composer_efficientnet.recipe import Entry, Recipe, RecipeError, RecipeErrors
 
 __all__ = ['Support', 'SUPPORT', 'check_algorithms', 'check_algorithms_fit_data']
 
@@ -179,8 +179,8 @@ def _check_weight_standardization(entry: Entry, recipe: Recipe) -> None:
     _refuse_unless(_param(entry, 'n_last_layers_ignore') >= 0, entry, 'n_last_layers_ignore', 'must be 0 or more')
 
 
-_VISION_DATASET = ('adds a per-image transform to a torchvision VisionDataset, which our datasets are not; with '
-                   'imagenet or streaming_imagenet set train_dataset.<name>.augment: randaugment (or autoaugment)')
+_VISION_DATASET = ('adds a per-image transform to a torchvision VisionDataset, which {dataset} is not; augment '
+                   'with the augment parameter of imagenet or streaming_imagenet instead: randaugment or autoaugment')
 _NOTHING = "{model} has none (BatchNorm only), so it would change nothing; remove it"
 
 #: Every registered algorithm, by its registered name. A refusal reads after "Composer's <class name> ".
@@ -241,20 +241,34 @@ def _ours(recipe: Recipe, scope: str) -> bool:
 
 
 def check_algorithms(recipe: Recipe) -> None:
-    """Refuse, with a :class:`~composer_efficientnet.recipe.RecipeError` at its key, the first algorithm that
-    cannot train with the recipe's model and data, or whose parameters would fail or do nothing there."""
+    """Refuse each algorithm that cannot train with the recipe's model and data, or whose parameters would fail
+    or do nothing there: a :class:`~composer_efficientnet.recipe.RecipeError` at its key, or
+    :class:`~composer_efficientnet.recipe.RecipeErrors` naming each when there are several."""
+    errors = []
     for entry in recipe.algorithms:
-        support = SUPPORT.get(entry.name)
-        if support is None:  # registered from elsewhere: Composer decides
-            continue
-        if support.refusal is not None and _ours(recipe, support.scope):
-            model = recipe.model.name if recipe.model else 'the model'
-            raise RecipeError(entry.key, f"Composer's {entry.target.__name__} {support.refusal.format(model=model)}")
-        for name, key in _BATCH_KEYS.items():
-            if name in entry.params and entry.params[name] != key:
-                raise RecipeError(f'{entry.key}.{name}', f'must be {key}: our batches are (images, labels)')
-        if support.check is not None:
-            support.check(entry, recipe)
+        try:
+            _check_algorithm(entry, recipe)
+        except RecipeError as error:
+            errors.append(error)
+    if len(errors) > 1:
+        raise RecipeErrors(errors)
+    if errors:
+        raise errors[0]
+
+
+def _check_algorithm(entry: Entry, recipe: Recipe) -> None:
+    support = SUPPORT.get(entry.name)
+    if support is None:  # registered from elsewhere: Composer decides
+        return
+    if support.refusal is not None and _ours(recipe, support.scope):
+        context = {'model': recipe.model.name if recipe.model else 'the model',
+                   'dataset': recipe.train_dataset.name if recipe.train_dataset else 'the dataset'}
+        raise RecipeError(entry.key, f"Composer's {entry.target.__name__} {support.refusal.format(**context)}")
+    for name, key in _BATCH_KEYS.items():
+        if name in entry.params and entry.params[name] != key:
+            raise RecipeError(f'{entry.key}.{name}', f'must be {key}: our batches are (images, labels)')
+    if support.check is not None:
+        support.check(entry, recipe)
 
 
 def _train_image_side(recipe: Recipe) -> Optional[int]:
