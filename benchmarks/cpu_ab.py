@@ -9,7 +9,8 @@ Trainer callback (outside the Trainer step's timing), and the ratio is taken per
 benchmark's own (``composer_efficientnet.benchmark``).
 
 Usage (from the repository root): ``python benchmarks/cpu_ab.py --pairs 12 --batch-size 32 --resolution 224
-[--threads 1] [--peer torchvision] [--trainer ours] [--json PATH]``.
+[--model efficientnet_v2_s] [--threads 1] [--peer torchvision] [--trainer ours] [--json PATH]``. It also reports the
+activation bytes per image each model keeps for its backward pass.
 """
 
 from __future__ import annotations
@@ -50,6 +51,24 @@ class PeerTurns(Callback):
         bench.loop_step(self.model, self.optimizer, self.batch, self.settings)
         self._resumed = time.perf_counter()
         self.peer_s.append(self._resumed - ended)
+
+
+def activation_bytes_per_image(model: torch.nn.Module, settings: bench.Settings, images: int = 2) -> float:
+    """Bytes of the tensors autograd saves for backward in one training forward, per image (parameters, and
+    storage saved twice, counted once), at the settings' resolution and memory format."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: Dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    batch = torch.randn(images, 3, settings.resolution, settings.resolution).to(memory_format=settings.memory_format)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model.train()(batch)
+    return sum(saved.values()) / images
 
 
 def run_pairs(settings: bench.Settings, trainer_row: str, peer: str, pairs: int, warmup: int) -> Dict[str, object]:
@@ -93,12 +112,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                               precision='fp32', channels_last=args.channels_last, warmup=args.warmup, steps=1,
                               windows=args.pairs, compile=False, rows=(args.trainer, args.peer))
     torch.manual_seed(settings.seed)
+    activations = {'ours': activation_bytes_per_image(bench.build_loop_model('ours-loop', args.model), settings),
+                   args.peer: activation_bytes_per_image(bench.build_loop_model(args.peer, args.model), settings)}
     result = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
               'device': bench.device_name(torch.device('cpu')), 'versions': bench.versions(), 'peer': args.peer,
-              'settings': vars(args), **run_pairs(settings, args.trainer, args.peer, args.pairs, args.warmup)}
+              'settings': vars(args), 'activation_bytes_per_image': activations,
+              **run_pairs(settings, args.trainer, args.peer, args.pairs, args.warmup)}
     print(f"{result['device']}, batch {args.batch_size}, {args.resolution}x{args.resolution}, fp32: {args.trainer} "
           f"{result['ours_images_per_s']:.2f} images/s, {args.peer} (plain loop) {result['peer_images_per_s']:.2f}; "
-          f"median per-pair ratio ours/{args.peer} {result['median_pair_ratio']:.3f} over {args.pairs} pairs")
+          f"median per-pair ratio ours/{args.peer} {result['median_pair_ratio']:.3f} over {args.pairs} pairs; "
+          f"activations per image: ours {activations['ours'] / 2**20:.1f} MiB, {args.peer} "
+          f"{activations[args.peer] / 2**20:.1f} MiB")
     if args.json:
         with open(args.json, 'w') as file:
             json.dump(result, file, indent=2)

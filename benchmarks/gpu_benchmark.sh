@@ -3,7 +3,8 @@
 # SyncFreeTrainer, torchvision and timm in a plain loop; eager and compiled; plus the host-sync check), then,
 # while time is left, B4 at 380x380 batch 64 eager (ours vs timm) and a B0 diagnostic, eager: our model through
 # Composer's own Trainer and in the plain loop, against torchvision; then ours and timm eager with
-# cudnn.benchmark off (the default turns it on for every row). Every run writes JSON and a log under $OUT; the
+# cudnn.benchmark off (the default turns it on for every row); then EfficientNetV2-S at its training size (300x300,
+# batch 256, bf16), ours, torchvision and timm, eager and compiled. Every run writes JSON and a log under $OUT; the
 # tables of all runs come last.
 #
 # Run from the repository root on the GPU machine after the wheel install line of
@@ -52,9 +53,10 @@ optional b0-diagnostic 60 --model efficientnet_b0 --rows ours-composer,ours-loop
   --no-sync-check
 optional b0-no-cudnn-benchmark 45 --model efficientnet_b0 --rows ours,timm --no-compile --no-sync-check \
   --no-cudnn-benchmark
+optional v2-s 150 --model efficientnet_v2_s --no-sync-check
 
 reports=()
-for name in b0 b4 b0-diagnostic b0-no-cudnn-benchmark; do
+for name in b0 b4 b0-diagnostic b0-no-cudnn-benchmark v2-s; do
   [[ -s "$OUT/$name.json" ]] && reports+=("$OUT/$name.json")
 done
 echo
