@@ -29,7 +29,8 @@ from composer_efficientnet.data.errors import message_of
 from composer_efficientnet.recipe import Recipe, RecipeError, load_recipe, validate
 from composer_efficientnet.resume import check_checkpoint, checkpoint_must_fit, newest_run_checkpoint
 from composer_efficientnet.runner import (build_data, check_data_fits, held_out_metrics,
-                                         ignore_short_last_batch_warnings, report_recipe_error, run_settings)
+                                         ignore_short_last_batch_warnings, log_around_progress_bars, report_recipe_error,
+                                         run_settings)
 
 __all__ = ['build_evaluator', 'checkpoint_to_load', 'evaluate', 'main']
 
@@ -116,6 +117,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--debug', action='store_true', help='show tracebacks instead of one-line errors')
     args = parser.parse_args(argv)
     ignore_short_last_batch_warnings()
+    log_around_progress_bars()
     json_problem = args.json and _unwritable(args.json)
     if json_problem:
         print(f'composer-efficientnet: --json: {json_problem}', file=sys.stderr)

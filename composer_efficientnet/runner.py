@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import time
 import warnings
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, TextIO, Tuple
 
 import torch
 from composer import Trainer
 from composer.core import DataSpec
 from composer.loggers import ConsoleLogger, ProgressBarLogger
 from composer.utils import dist
+from tqdm import tqdm
 
 from composer_efficientnet.algorithms.compatibility import check_algorithms_fit_data
 from composer_efficientnet.data.loading import DeviceDataSpec
 from composer_efficientnet.recipe import Entry, Recipe, RecipeError, mistakes_of
 
 __all__ = ['run_device', 'device_and_precision', 'configure_cudnn', 'build_data', 'check_data_fits', 'run_settings',
-           'held_out_metrics', 'ignore_short_last_batch_warnings', 'fail_on_every_process', 'report_recipe_error']
+           'held_out_metrics', 'ignore_short_last_batch_warnings', 'fail_on_every_process', 'report_recipe_error',
+           'status', 'log_around_progress_bars']
 
 #: How long processes other than a node's first wait before exiting after a mistake all of them found, so that
 #: Composer's launcher sees the first one's exit status (it stops the others and reports the first exit it finds).
@@ -35,6 +38,32 @@ def ignore_short_last_batch_warnings() -> None:
     """Composer warns on every last batch of an epoch that is shorter than the batch; with ``drop_last`` false
     that is expected, not news."""
     warnings.filterwarnings('ignore', message='Cannot split tensor of length')
+
+
+def status(line: str, file: Optional[TextIO] = None) -> None:
+    """Print a status line (stdout by default) on a line of its own while Composer's progress bars are drawn:
+    they keep the cursor at the end of a bar, so a plain print would be glued to it."""
+    tqdm.write(line, file=file or sys.stdout)
+    (file or sys.stdout).flush()
+
+
+class _AroundProgressBars(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        if not _root_prints_to_console():  # else (python_log_level) the root logger prints it itself
+            status(self.format(record), sys.stderr)
+
+
+def _root_prints_to_console() -> bool:
+    return any(isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stderr, sys.stdout)
+               for handler in logging.getLogger().handlers)
+
+
+def log_around_progress_bars() -> None:
+    """Print this package's warnings (skipped images, notices) through :func:`status`, for the command line, where
+    Python would otherwise print them with its last-resort handler, glued to a progress bar."""
+    logger = logging.getLogger('composer_efficientnet')
+    if not any(isinstance(handler, _AroundProgressBars) for handler in logger.handlers):
+        logger.addHandler(_AroundProgressBars(logging.WARNING))
 
 
 def fail_on_every_process(lines: Sequence[str], status: int) -> int:

@@ -22,7 +22,8 @@ from composer_efficientnet.recipe import Recipe, RecipeError, load_recipe, valid
 from composer_efficientnet.resume import (check_autoresume, check_checkpoint, check_no_earlier_run, checkpoint_must_fit,
                                          checkpoint_savers)
 from composer_efficientnet.runner import (build_data, check_data_fits, held_out_metrics,
-                                         ignore_short_last_batch_warnings, report_recipe_error, run_settings)
+                                         ignore_short_last_batch_warnings, log_around_progress_bars, report_recipe_error,
+                                         run_settings, status)
 from composer_efficientnet.trainer import SyncFreeTrainer
 
 __all__ = ['build_trainer', 'main', 'weights_digest']
@@ -91,6 +92,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--debug', action='store_true', help='show tracebacks instead of one-line errors')
     args = parser.parse_args(argv)
     ignore_short_last_batch_warnings()
+    log_around_progress_bars()
     try:
         recipe = validate(load_recipe(args.recipe, args.overrides), world_size=dist.get_world_size())
         trainer = build_trainer(recipe)
@@ -114,11 +116,10 @@ def _fit(trainer: Trainer, debug: bool) -> int:
     """Fit and report; a divergence (status 3), a checkpoint that cannot be written (status 4), an image that
     strict mode refuses or a broken dataset (status 2) or a lost process (status 1) ends with one line on stderr."""
     if trainer.state.load_path is not None:
-        print(f'{_rank_prefix()}resumed from {trainer.state.load_path} at step {int(trainer.state.timestamp.batch)}',
-              flush=True)
+        status(f'{_rank_prefix()}resumed from {trainer.state.load_path} at step {int(trainer.state.timestamp.batch)}')
     if (trainer.state.get_elapsed_duration() or 0) >= 1:  # a rerun of a finished run, e.g. a scheduler's retry
-        print(f'{_rank_prefix()}the run is complete: max_duration {trainer.state.max_duration} reached at step '
-              f'{int(trainer.state.timestamp.batch)}; nothing to train (raise max_duration to train on)', flush=True)
+        status(f'{_rank_prefix()}the run is complete: max_duration {trainer.state.max_duration} reached at step '
+               f'{int(trainer.state.timestamp.batch)}; nothing to train (raise max_duration to train on)')
         trainer.close()
         return 0
     try:
@@ -146,7 +147,7 @@ def _fit(trainer: Trainer, debug: bool) -> int:
               'checkpoint', file=sys.stderr)
         return 1
     for line in report(trainer):
-        print(line, flush=True)
+        status(line)
     trainer.close()
     return 0
 
