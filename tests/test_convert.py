@@ -3,6 +3,7 @@ images, single splits, the summary and progress bar. Reading the shards back is 
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import pytest
@@ -97,3 +98,15 @@ def test_converter_refuses_a_non_empty_output_and_checks_the_tree_first(tree, tm
     assert not (tmp_path / 'out').exists()  # train was fine, but nothing is written before every split is checked
     with pytest.raises(ValueError, match='workers: must be a positive number of processes, got 0'):
         convert_imagefolder_to_mds(str(tree), str(tmp_path / 'out'), workers=0)
+
+
+def test_pool_workers_leave_signals_to_the_parent():
+    from composer_efficientnet.data.convert import _start_worker
+    saved = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    assert saved[0] is not signal.SIG_DFL  # Composer's import-time handler, which Pool.terminate can hang on
+    try:
+        _start_worker()
+        assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == (signal.SIG_DFL, signal.SIG_IGN)
+    finally:
+        signal.signal(signal.SIGTERM, saved[0])
+        signal.signal(signal.SIGINT, saved[1])

@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -86,7 +87,14 @@ def _read_checked(path: str) -> Tuple[Optional[bytes], str]:
     return data, ''
 
 
-def _one_thread() -> None:
+def _start_worker() -> None:
+    """Pool worker set-up: one thread each, and the signal handling ``Pool.terminate`` relies on.
+
+    Importing Composer makes SIGTERM and SIGINT raise SystemExit; a worker that inherits that can catch the
+    SIGTERM of ``terminate`` inside a lock and never exit. The parent handles Ctrl-C and terminates the workers.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)  # the workers are the parallelism; more threads each only oversubscribe the cores
 
 
@@ -96,7 +104,7 @@ def _reader(workers: int) -> Iterator[Callable[[Sequence[str]], Iterator[Tuple[O
     if workers == 1:
         yield lambda paths: map(_read_checked, paths)
         return
-    with multiprocessing.Pool(workers, initializer=_one_thread) as pool:
+    with multiprocessing.Pool(workers, initializer=_start_worker) as pool:  # terminated on leaving, if still up
         block = workers * _CHUNK * _BLOCKS_PER_WORKER
 
         def read(paths: Sequence[str]) -> Iterator[Tuple[Optional[bytes], str]]:
@@ -104,6 +112,8 @@ def _reader(workers: int) -> Iterator[Callable[[Sequence[str]], Iterator[Tuple[O
                 yield from pool.imap(_read_checked, paths[start:start + block], chunksize=_CHUNK)
 
         yield read
+        pool.close()  # done: let the workers finish and exit by themselves
+        pool.join()
 
 
 def _splits_of(src: str, split: Optional[str]) -> Dict[str, str]:
