@@ -163,3 +163,15 @@ def test_misfit_and_tensorflow_ported_v2_weights_are_named(tmp_path):
     torch.save({'conv_stem.weight': torch.zeros(1)}, path)
     with pytest.raises(WeightsError, match="looks like timm's tf_efficientnet weights"):
         weights.read_state_dict(path)
+
+
+@pytest.mark.slow
+def test_two_processes_train_v2_s_to_identical_weights(tmp_path):
+    from tests.processes import launch
+    from tests.test_distributed import OVERRIDES, QUICKSTART, _digests
+    code, output = launch('composer_efficientnet.train', [
+        QUICKSTART, *OVERRIDES, 'max_duration=2ba', 'model={efficientnet_v2_s: {num_classes: 10}}',
+        f'save_folder={tmp_path / "checkpoints"}'], tmp_path)
+    assert code == 0, output
+    digests = {**_digests(output), **_digests((tmp_path / 'rank1.out').read_text())}
+    assert sorted(digests) == [0, 1] and digests[0] == digests[1]
