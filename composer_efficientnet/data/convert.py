@@ -164,17 +164,18 @@ def _write_split(name: str, split_dir: str, paths: List[str], labels: List[int],
     writer = require_streaming().MDSWriter(out=split_out, columns=MDS_COLUMNS, **writer_kwargs)
     try:
         results = read([os.path.join(split_dir, path) for path in paths])
-        bar = tqdm(zip(paths, labels, results), total=len(paths), desc=name, unit='img',
-                   disable=None if progress is None else not progress)
-        for path, label, (data, why) in bar:
-            if data is not None:
-                writer.write({'x': data, 'y': label, 'path': path})
-            elif strict:
-                raise CorruptImageError(f'{os.path.join(split_dir, path)}: cannot read or decode this image ({why}); '
-                                        'expected a valid JPEG, PNG, WebP or GIF. Fix or remove the file, or convert '
-                                        'without --strict to skip unreadable images.')
-            else:
-                skipped.append(path)
+        with tqdm(total=len(paths), desc=name, unit='img', disable=None if progress is None else not progress) as bar:
+            for path, label, (data, why) in zip(paths, labels, results):
+                if data is None and strict:
+                    raise CorruptImageError(f'{os.path.join(split_dir, path)}: cannot read or decode this image '
+                                            f'({why}); expected a valid JPEG, PNG, WebP or GIF. Fix or remove the '
+                                            'file, or convert without --strict to skip unreadable images.')
+                if data is None:
+                    log.warning('Skipping %s: cannot read or decode this image (%s)', path, why)
+                    skipped.append(path)
+                else:
+                    writer.write({'x': data, 'y': label, 'path': path})
+                bar.update()
     except BaseException:
         writer.cancel_future_jobs()
         if writer.remote:
@@ -195,8 +196,8 @@ def convert_imagefolder_to_mds(src: str, out: str, *, split: Optional[str] = Non
     Every split is checked as :func:`~composer_efficientnet.data.imagefolder.scan_split` checks it before
     anything is written, and labels are the class indices the ImageFolder path uses. An image that cannot be
     read or decoded is skipped and named in the summary; with ``strict`` it stops the conversion with a
-    :class:`CorruptImageError`, and so does any other failure, after removing what this conversion wrote
-    locally (for a remote ``out``, shards already uploaded stay; without an index they are not a dataset).
+    :class:`CorruptImageError`. That or any other failure (Ctrl-C included) first removes what this conversion
+    wrote locally; for a remote ``out``, shards already uploaded stay, but no index, so they are no dataset.
 
     Args:
         src: The tree's root, or with ``split`` a single split laid out as ``<class>/<image>``.
