@@ -49,8 +49,9 @@ def _print_table(rows: List[List[str]]) -> None:
 def _info(args: argparse.Namespace) -> int:
     _print_table(family_table())
     print('\n* The paper counts FLOPs as multiply-adds; torch.utils.flop_counter counts 2 FLOPs per multiply-add.'
-          '\n  Convolutions and matmuls only, batch 1, at each member\'s evaluation resolution (B family: its native one;'
-          '\n  V2: that of its published weights, as the paper counts). V2-XL\'s top-1 is with ImageNet-21k pretraining.')
+          '\n  Convolutions and matmuls only, batch 1, at each member\'s evaluation resolution (B family: its native'
+          '\n  one; V2: that of its published weights, as the paper counts). V2-XL\'s top-1 is with ImageNet-21k'
+          '\n  pretraining.')
     return 0
 
 

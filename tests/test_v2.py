@@ -50,7 +50,8 @@ def test_fused_and_mbconv_stages():
     model = EfficientNet.from_name('efficientnet_v2_s')
     first, fused, mbconv = model.stages[0][0], model.stages[1][0], model.stages[3][0]
     assert isinstance(first, FusedMBConv) and isinstance(first.project, torch.nn.Identity) and first.has_residual
-    assert first.fused.conv.kernel_size == (3, 3) and first.fused.conv.out_channels == 24 and hasattr(first.fused, 'act')
+    assert first.fused.conv.kernel_size == (3, 3) and first.fused.conv.out_channels == 24
+    assert hasattr(first.fused, 'act')
     assert fused.fused.conv.stride == (2, 2) and fused.fused.conv.out_channels == 96 and not hasattr(fused, 'se')
     assert not hasattr(fused.project, 'act') and not fused.has_residual and model.stages[1][1].has_residual
     assert isinstance(mbconv, MBConv) and mbconv.se.reduce.out_channels == 64 // 4  # of the block input
