@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from composer_efficientnet import cli
-from composer_efficientnet.data import (CorruptImageError, DatasetLayoutError, SplitNotFoundError,
+from composer_efficientnet.data import (CorruptImageError, DatasetLayoutError, SplitNotFoundError, convert,
                                         convert_imagefolder_to_mds)
 from tests.data_trees import corrupt, make_tree
 
@@ -34,8 +34,10 @@ def test_shards_hold_encoded_bytes_and_the_summary_counts_them(tree, tmp_path):
     assert str(val).endswith(f"images/s -> {tmp_path / 'mds' / 'val'}") and val.seconds > 0
 
 
-def test_workers_write_the_same_shards_as_one(tree, tmp_path):
+def test_workers_write_the_same_shards_as_one(tree, tmp_path, monkeypatch):
     corrupt(tree / 'train' / 'eel' / '2.jpg')
+    monkeypatch.setattr(convert, '_CHUNK', 1)  # tasks of one image in blocks of two: order across every boundary
+    monkeypatch.setattr(convert, '_BLOCKS_PER_WORKER', 1)
     one = convert_imagefolder_to_mds(str(tree), str(tmp_path / 'one'), workers=1)
     two = convert_imagefolder_to_mds(str(tree), str(tmp_path / 'two'), workers=2)
     assert files(tmp_path / 'one') == files(tmp_path / 'two')  # same samples, labels and order, byte for byte
@@ -101,11 +103,10 @@ def test_converter_refuses_a_non_empty_output_and_checks_the_tree_first(tree, tm
 
 
 def test_pool_workers_leave_signals_to_the_parent():
-    from composer_efficientnet.data.convert import _start_worker
     saved = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     assert saved[0] is not signal.SIG_DFL  # Composer's import-time handler, which Pool.terminate can hang on
     try:
-        _start_worker()
+        convert._start_worker()
         assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == (signal.SIG_DFL, signal.SIG_IGN)
     finally:
         signal.signal(signal.SIGTERM, saved[0])
