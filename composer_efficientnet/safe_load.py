@@ -54,13 +54,14 @@ def checkpoint_globals() -> list:
             (reconstruct, 'numpy.core.multiarray._reconstruct'), (reconstruct, 'numpy._core.multiarray._reconstruct')]
 
 
-def _first_disallowed(error: Exception, path: str) -> str:
-    """The global that stopped torch's ``weights_only`` reader: named in its message, else found in the file."""
-    named = re.search(r'GLOBAL (\S+)', str(error)) or re.search(r'unrecognized function (\S+)', str(error))
+def _first_disallowed(error: Exception, path: str) -> Optional[str]:
+    """The global that stopped torch's ``weights_only`` reader: named in its message, else found in the file;
+    ``None`` when the pickle failed otherwise (a damaged file)."""
+    named = re.search(r'GLOBAL (\S+)', str(error))
     if named:
         return named[1] if '.' in named[1] else f'builtins.{named[1]}'  # torch leaves builtins' module out
     found = disallowed_globals(path)
-    return found[0] if found else str(error).strip().splitlines()[-1]
+    return found[0] if found else None
 
 
 def read_checkpoint(path: Union[str, os.PathLike], shown: Optional[str] = None, map_location: Any = 'cpu',
@@ -74,14 +75,17 @@ def read_checkpoint(path: Union[str, os.PathLike], shown: Optional[str] = None, 
         mmap: map the tensors from the file rather than reading them.
 
     Raises:
-        UnsafeCheckpointError: the file names another global. Other read failures are torch's.
+        UnsafeCheckpointError: the file names another global. Other read failures (a damaged file) are torch's.
     """
     path = os.fspath(path)
     try:
         with torch.serialization.safe_globals(checkpoint_globals()):
             return torch.load(path, map_location=map_location, mmap=mmap, weights_only=True)
     except pickle.UnpicklingError as error:
-        raise UnsafeCheckpointError(shown or f"'{path}'", _first_disallowed(error, path)) from None
+        disallowed = _first_disallowed(error, path)
+        if disallowed is None:
+            raise
+        raise UnsafeCheckpointError(shown or f"'{path}'", disallowed) from None
 
 
 def disallowed_globals(path: Union[str, os.PathLike]) -> List[str]:

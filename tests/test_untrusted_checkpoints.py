@@ -86,6 +86,14 @@ def test_a_file_that_would_run_code_is_refused_naming_the_global(tmp_path):
         'plain types a Composer checkpoint holds; if you trust the file and where it came from, set load_trusted: '
         'true to load it as Composer does')
     assert not (tmp_path / RunsCode.MARKER).exists()
+    torch.save({'payload': Evaluates()}, tmp_path / 'evaluates.pt')
+    with pytest.raises(UnsafeCheckpointError, match='it needs builtins.eval, which'):  # torch's message says eval
+        read_checkpoint(tmp_path / 'evaluates.pt')
+
+
+class Evaluates:
+    def __reduce__(self):
+        return eval, ('1 + 1',)
 
 
 def test_composer_private_names_are_still_used_as_relied_on():
