@@ -10,7 +10,7 @@ import yaml
 from torchvision.models.resnet import Bottleneck
 
 from composer_efficientnet import cli, composer_efficientnet, registry, runner, train
-from composer_efficientnet.algorithms.compatibility import SUPPORT
+from composer_efficientnet.algorithms.compatibility import SUPPORT, check_algorithms_fit_data
 from composer_efficientnet.data import build_digits_dataspec
 from composer_efficientnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from composer_efficientnet.recipe import RecipeErrors, load_recipe, mistakes_of, validate
@@ -107,3 +107,13 @@ def test_every_algorithm_mistake_is_reported_at_once():
         validate(load_recipe(QUICKSTART, [*TINY, 'algorithms=[{randaugment: {}}, {mixup: {alpha: 0}}, {cutout: {}}]']))
     assert [line.split(': ')[0] for line in mistakes_of(error.value)] == ['algorithms.randaugment',
                                                                         'algorithms.mixup.alpha']
+
+
+def test_gyro_dropout_needs_a_mask_change_within_the_run_which_evaluation_does_not_check(capsys):
+    gyro = 'algorithms=[{gyro_dropout: {sigma: 3, tau: 4}}]'
+    assert cli.main(['train', QUICKSTART, *TINY, gyro]) == 2
+    assert capsys.readouterr().err.strip().endswith('algorithms.gyro_dropout.sigma: 3: is more than the 2 training '
+                                                    "batches of the run (2 an epoch), where Composer's GyroDropout "
+                                                    'divides by zero; use at most 2')
+    recipe = validate(load_recipe(QUICKSTART, ['eval_batch_size=8', gyro]), purpose='eval')
+    check_algorithms_fit_data(recipe, {'val_dataset': runner.build_data(recipe, recipe.val_dataset, 8)})

@@ -360,19 +360,19 @@ def check_algorithms_fit_data(recipe: Recipe, data: Dict[str, Optional[DataSpec]
             for size, where in forwards.items():
                 _refuse_unless(size % tau == 0, entry, 'tau', f'must divide the size of every training batch the '
                                f'model sees; {where} has {size} images')
-            _check_gyro_steps(entry, recipe, train)
+            if train is not None:
+                _check_gyro_steps(entry, recipe, train)
 
 
-def _check_gyro_steps(entry: Entry, recipe: Recipe, train: Optional[DataSpec]) -> None:
+def _check_gyro_steps(entry: Entry, recipe: Recipe, train: DataSpec) -> None:
     """GyroDropout changes masks every ``batches per epoch x epochs / sigma`` steps, rounded down: at least 1."""
     try:
-        per_epoch = len(train.dataloader) if train is not None else None
-    except TypeError:
+        per_epoch = len(train.dataloader)
+    except TypeError:  # an iterable without a length
         return
     subset = recipe.settings.get('train_subset_num_batches', -1)
-    per_epoch = min(per_epoch, subset) if per_epoch is not None and subset > 0 else per_epoch
+    per_epoch = min(per_epoch, subset) if subset > 0 else per_epoch
     epochs = Time.from_input(recipe.settings['max_duration'], TimeUnit.EPOCH).value
-    if per_epoch is not None:
-        _refuse_unless(per_epoch * epochs >= _param(entry, 'sigma'), entry, 'sigma', f'is more than the '
-                       f'{per_epoch * epochs} training batches of the run ({per_epoch} an epoch), where Composer\'s '
-                       f'GyroDropout divides by zero; use at most {per_epoch * epochs}')
+    _refuse_unless(per_epoch * epochs >= _param(entry, 'sigma'), entry, 'sigma', f'is more than the '
+                   f"{per_epoch * epochs} training batches of the run ({per_epoch} an epoch), where Composer's "
+                   f'GyroDropout divides by zero; use at most {per_epoch * epochs}')
