@@ -161,7 +161,8 @@ def _check_sam(entry: Entry, recipe: Recipe) -> None:
 
 
 def _check_swa(entry: Entry, recipe: Recipe) -> None:
-    if _param(entry, 'schedule_swa_lr') and len(recipe.schedulers) != 1:
+    training = recipe.train_dataset is not None  # evaluating a recipe drops its schedulers
+    if training and _param(entry, 'schedule_swa_lr') and len(recipe.schedulers) != 1:
         raise RecipeError(f'{entry.key}.schedule_swa_lr', f'true takes its learning rate from the one scheduler; '
                           f'the recipe has {len(recipe.schedulers)} (with none Composer would use a rate of 1.0)')
 
