@@ -120,8 +120,9 @@ class MemberConfig:
 
 
 _HALF = (0.5, 0.5, 0.5)
-#: V2: torchvision's architecture defaults (dropout, BatchNorm eps 1e-3), the paper's last-stage training size
-#: (XL: Google's released 384), and how torchvision's weights evaluate (XL: Google's, as timm's ports do).
+#: V2: torchvision's architecture defaults (dropout, BatchNorm eps 1e-3), the paper's last-stage training size,
+#: and how torchvision's weights evaluate; XL, which torchvision lacks: Google's released configuration (train
+#: 384, dropout 0.4) and evaluation (as timm's ports of its weights).
 _V2 = partial(MemberConfig, 1.0, 1.0, bn_eps=1e-3)
 
 MEMBERS = {

@@ -125,7 +125,7 @@ def test_autoresume_of_a_v2_run_is_exact(tmp_path):
 
 def test_eval_normalizes_as_the_weights_source_did(tmp_path):
     """torchvision's V2-L weights evaluate with mean and std 0.5: eval with them equals torchvision's outputs."""
-    from tests.test_evaluate import QUICKSTART, _evaluate  # noqa: F401 (the module's helper runs eval)
+    from tests.test_evaluate import _evaluate  # runs `composer-efficientnet eval` on the quickstart recipe
     torch.manual_seed(3)
     source = torchvision.models.efficientnet_v2_s(num_classes=10)
     randomize_batchnorm(source)
