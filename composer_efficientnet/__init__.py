@@ -1,4 +1,5 @@
-"""EfficientNet B0-B7 for MosaicML Composer: models, algorithms, data and YAML recipes."""
+"""EfficientNet B0-B7 and EfficientNetV2 S/M/L/XL for MosaicML Composer: models, algorithms, data and YAML
+recipes."""
 
 from composer_efficientnet.composer_model import EfficientNetClassifier, composer_efficientnet, composer_efficientnetb0
 from composer_efficientnet.efficientnet import EfficientNet

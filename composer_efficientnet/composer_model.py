@@ -78,9 +78,10 @@ def composer_efficientnet(name: str = 'efficientnet_b0', num_classes: int = 1000
                           **overrides: Any) -> EfficientNetClassifier:
     """Any EfficientNet member as a Composer model, optionally initialized from a torchvision or timm file.
 
-    ``pretrained`` is a weights file or a state dict. With a ``num_classes`` other than the checkpoint's, or a
-    checkpoint without a classifier (a backbone), every weight but the classifier's is loaded (fine-tuning).
-    ``overrides`` go to :meth:`EfficientNet.from_name`.
+    ``pretrained`` is a weights file or a state dict; torchvision's and timm's build the model with the BatchNorm
+    eps their source trained with (see :func:`weights.load_pretrained`). With a ``num_classes`` other than the
+    checkpoint's, or a checkpoint without a classifier (a backbone), every weight but the classifier's is loaded
+    (fine-tuning). ``overrides`` go to :meth:`EfficientNet.from_name`.
 
     Example:
         >>> from composer_efficientnet import composer_efficientnet
