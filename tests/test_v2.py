@@ -75,6 +75,15 @@ def test_sample_stochastic_depth_and_composers_targets_reach_every_v2_block():
     assert sum(isinstance(b, FusedMBConv) for b in blocks) == 10
 
 
+def test_a_recipe_may_target_every_v2_block_with_composers_stochastic_depth():
+    from composer_efficientnet.recipe import validate
+    recipe = validate({'model': {'efficientnet_v2_s': {'num_classes': 10}}, 'train_dataset': {'digits': {}},
+                       'optimizers': {'sgd': {'lr': 0.1}}, 'max_duration': '1ba', 'train_batch_size': 8,
+                       'algorithms': [{'stochastic_depth': {'target_layer_name': 'EfficientNetBlock',
+                                                            'stochastic_method': 'sample', 'drop_rate': 0.2}}]})
+    assert [entry.name for entry in recipe.algorithms] == ['stochastic_depth']
+
+
 def test_short_fit_of_v2_s_on_digits_lowers_the_loss():
     torch.manual_seed(0)
     model = composer_efficientnet('efficientnet_v2_s', num_classes=10)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Optional
 from composer.core import DataSpec, Time, TimeUnit
 from torch.utils.data import DataLoader, DistributedSampler
 
+from composer_efficientnet.algorithms.sample_stochastic_depth import STOCHASTIC_DEPTH_TARGETS
 from composer_efficientnet.data import BUILDERS
 from composer_efficientnet.efficientnet import canonical_name
 from composer_efficientnet.recipe import Entry, Recipe, RecipeError, RecipeErrors
@@ -66,11 +67,12 @@ def _accumulation(recipe: Recipe) -> Any:
 
 def _check_stochastic_depth(entry: Entry, recipe: Recipe) -> None:
     name = _param(entry, 'target_layer_name')
-    _refuse_unless(name == 'EfficientNetMBConv', entry, 'target_layer_name', "our models have no ResNet blocks "
-                   "(Composer would change nothing); use target_layer_name: EfficientNetMBConv with "
+    _refuse_unless(name in STOCHASTIC_DEPTH_TARGETS, entry, 'target_layer_name', "our models have no ResNet blocks "
+                   "(Composer would change nothing); use target_layer_name: EfficientNetMBConv, "
+                   "EfficientNetFusedMBConv or EfficientNetBlock (every block; V2's choice) with "
                    "stochastic_method: sample, or sample_stochastic_depth")
     _refuse_unless(_param(entry, 'stochastic_method') == 'sample', entry, 'stochastic_method',
-                   "EfficientNetMBConv blocks drop samples only: use stochastic_method: sample")
+                   "our blocks drop samples only: use stochastic_method: sample")
     _refuse_unless(0 <= _param(entry, 'drop_rate') < 1, entry, 'drop_rate', 'must be in [0, 1)')
 
 
@@ -220,8 +222,8 @@ SUPPORT: Dict[str, Support] = {
     'seq_length_warmup': Support('refused: Hugging Face models only', 'warms up the sequence length of a Hugging '
                                  'Face model (HuggingFaceModel); {model} takes images, not sequences; remove it'),
     'squeeze_excite': Support('adds squeeze-excite after wide convolutions (checkpoint keys change)'),
-    'stochastic_depth': Support("Composer's, on EfficientNetMBConv blocks, sample method",
-                                check=_check_stochastic_depth),
+    'stochastic_depth': Support("Composer's, on our blocks (EfficientNetMBConv, EfficientNetFusedMBConv or "
+                                'EfficientNetBlock), sample method', check=_check_stochastic_depth),
     'swa': Support('stochastic weight averaging', check=_check_swa),
     'weight_standardization': Support('standardizes convolution weights (checkpoint keys change)',
                                       check=_check_weight_standardization),

@@ -143,13 +143,14 @@ def _make_mbconv_stochastic(module: ResidualBlock, module_index: int, module_cou
                             drop_distribution: str, stochastic_method: str) -> ResidualBlock:
     """Composer ``StochasticDepth`` policy for our blocks: set the rate Composer computes, keep the module."""
     if stochastic_method != 'sample':
-        raise ValueError(f"target_layer_name {', '.join(_TARGETS)}: our blocks support stochastic_method='sample' "
-                         f'only, got {stochastic_method!r}.')
+        raise ValueError(f"target_layer_name {', '.join(STOCHASTIC_DEPTH_TARGETS)}: our blocks support "
+                         f"stochastic_method='sample' only, got {stochastic_method!r}.")
     module.drop_rate = drop_rate * (module_index + 1) / module_count if drop_distribution == 'linear' else drop_rate
     return module
 
 
 #: Composer ``StochasticDepth`` targets: each block kind, or every block of a model in depth order (V2's).
-_TARGETS = {'EfficientNetMBConv': MBConv, 'EfficientNetFusedMBConv': FusedMBConv, 'EfficientNetBlock': ResidualBlock}
-for _name, _block in _TARGETS.items():
+STOCHASTIC_DEPTH_TARGETS = {'EfficientNetMBConv': MBConv, 'EfficientNetFusedMBConv': FusedMBConv,
+                            'EfficientNetBlock': ResidualBlock}
+for _name, _block in STOCHASTIC_DEPTH_TARGETS.items():
     composer_stochastic_depth._STOCHASTIC_LAYER_MAPPING[_name] = (_block, _make_mbconv_stochastic)
