@@ -73,6 +73,10 @@ def test_sample_stochastic_depth_and_composers_targets_reach_every_v2_block():
     assert model.drop_rates() == pytest.approx(
         [0.1 if isinstance(b, FusedMBConv) and b.has_residual else r for b, r in zip(blocks, before)])
     assert sum(isinstance(b, FusedMBConv) for b in blocks) == 10
+    with torch.device('meta'):
+        theirs = torchvision.models.efficientnet_v2_s()
+    assert apply_sample_stochastic_depth(theirs, 0.2) == 40  # torchvision's Fused-MBConv blocks too
+    assert theirs.features[1][1].stochastic_depth.p == pytest.approx(0.2 / 40)
 
 
 def test_a_recipe_may_target_every_v2_block_with_composers_stochastic_depth():
