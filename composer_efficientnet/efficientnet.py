@@ -8,7 +8,7 @@ import math
 import re
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -269,9 +269,19 @@ class EfficientNet(nn.Module):
         """The current stochastic-depth rate of every block (0 for blocks without a residual)."""
         return [block.drop_rate for block in self.blocks()]
 
-    def set_drop_rates(self, rates: List[float]) -> None:
-        """Set each block's stochastic-depth rate; blocks without a residual ignore theirs."""
+    def set_drop_rates(self, rates: Union[float, Sequence[float]]) -> None:
+        """Set each block's stochastic-depth rate; blocks without a residual ignore theirs.
+
+        Args:
+            rates: one rate per block, in depth order, or one number ``r``: the rates the constructor gives for
+                ``drop_connect_rate=r`` (``r * i / n`` for block ``i`` of ``n``).
+        """
         blocks = self.blocks()
+        if isinstance(rates, (int, float)) and not isinstance(rates, bool):
+            rates = block_drop_rates(len(blocks), rates)
+        if isinstance(rates, (str, bytes)) or not isinstance(rates, Sequence):
+            raise TypeError(f'set_drop_rates takes a number (the deepest block\'s rate, linear in depth) or a list '
+                            f'of {len(blocks)} rates, one per block; got {type(rates).__name__}.')
         if len(rates) != len(blocks):
             raise ValueError(f'Expected {len(blocks)} drop rates, one per block, got {len(rates)}.')
         for block, rate in zip(blocks, rates):

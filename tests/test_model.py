@@ -125,6 +125,15 @@ def test_drop_rates_grow_linearly_and_can_be_set():
         blocks[1].drop_rate = 1.0
 
 
+def test_drop_rates_set_from_one_number_as_the_constructor_does():
+    model = EfficientNet.from_name('efficientnet_b0', drop_connect_rate=0.0)
+    model.set_drop_rates(0.3)
+    assert model.drop_rates() == EfficientNet.from_name('efficientnet_b0', drop_connect_rate=0.3).drop_rates()
+    assert max(model.drop_rates()) == pytest.approx(0.3 * 14 / 16)  # the last block has no residual
+    with pytest.raises(TypeError, match=r'a number .* or a list of 16 rates, one per block; got str'):
+        model.set_drop_rates('0.3')
+
+
 def test_state_dict_round_trip(tmp_path):
     torch.manual_seed(0)
     model = EfficientNet.from_name('efficientnet_b0', num_classes=10)
