@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Mapping, Optional, Tuple, Union
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,7 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from composer_efficientnet import weights
+from composer_efficientnet.backbones import EfficientNetFeatures
 from composer_efficientnet.efficientnet import EfficientNet, canonical_name
 
 __all__ = ['EfficientNetClassifier', 'PerImageCrossEntropy', 'composer_efficientnet', 'composer_efficientnetb0']
@@ -75,8 +76,12 @@ class EfficientNetClassifier(ComposerClassifier):
 
 def composer_efficientnet(name: str = 'efficientnet_b0', num_classes: int = 1000, drop_connect_rate: float = 0.2,
                           pretrained: Optional[Union[str, os.PathLike, Mapping[str, torch.Tensor]]] = None,
-                          **overrides: Any) -> EfficientNetClassifier:
+                          features_only: bool = False, out_indices: Sequence[int] = (0, 1, 2, 3, 4),
+                          **overrides: Any) -> Union[EfficientNetClassifier, EfficientNetFeatures]:
     """Any EfficientNet member as a Composer model, optionally initialized from a torchvision or timm file.
+
+    With ``features_only`` it is instead the feature-map network of :meth:`EfficientNet.from_name` (levels
+    ``out_indices``), ``pretrained`` loaded but for the head and classifier: a backbone, not a Composer model.
 
     ``pretrained`` is a weights file or a state dict; torchvision's and timm's build the model with the BatchNorm
     eps their source trained with (see :func:`weights.load_pretrained`). With a ``num_classes`` other than the
@@ -99,6 +104,12 @@ def composer_efficientnet(name: str = 'efficientnet_b0', num_classes: int = 1000
             notice = 'The pretrained weights have no classifier (a backbone)'
         elif (source_classes := state_dict['classifier.weight'].shape[0]) != num_classes:
             notice = f'Pretrained classifier has {source_classes} classes, the model {num_classes}'
+    if features_only:
+        module = EfficientNet.from_name(name, drop_connect_rate=drop_connect_rate, features_only=True,
+                                        out_indices=out_indices, **overrides)
+        if state_dict is not None:
+            weights.load_pretrained(module, source)
+        return module
     module = EfficientNet.from_name(name, num_classes=num_classes, drop_connect_rate=drop_connect_rate, **overrides)
     if state_dict is not None:
         weights.load_pretrained(module, source, skip_prefixes=('classifier.',) if notice else ())

@@ -186,7 +186,8 @@ class EfficientNet(nn.Module):
     ``stages`` is a table of :class:`StageConfig` (B0's by default), scaled by ``width`` and ``depth``; every
     member of both families is built by this one class (see :meth:`from_name`). Block ``i`` of ``n`` gets the
     stochastic-depth rate ``drop_connect_rate * i / n``; read or change the rates at run time with
-    :meth:`drop_rates` and :meth:`set_drop_rates`.
+    :meth:`drop_rates` and :meth:`set_drop_rates`. ``memory_efficient`` trains keeping about a third of the
+    activations for backward, recomputing the rest (:mod:`composer_efficientnet.lean`), with the same results.
 
     Example:
         >>> from composer_efficientnet import EfficientNet
@@ -199,7 +200,7 @@ class EfficientNet(nn.Module):
                  drop_connect_rate: float = 0.2, bn_momentum: float = 0.1, bn_eps: float = 1e-5,
                  norm_layer: Optional[NormLayer] = None, act_layer: ActLayer = nn.SiLU,
                  stages: Tuple[StageConfig, ...] = B0_STAGES, stem_channels: int = STEM_CHANNELS,
-                 head_channels: int = HEAD_CHANNELS) -> None:
+                 head_channels: int = HEAD_CHANNELS, memory_efficient: bool = False) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f'num_classes must be a positive integer, got {num_classes}.')
@@ -208,7 +209,7 @@ class EfficientNet(nn.Module):
         self.num_classes = num_classes
         norm_layer = norm_layer or partial(nn.BatchNorm2d, momentum=bn_momentum, eps=bn_eps)
         channels = make_divisible(stem_channels * width)
-        self.stem = ConvNormAct(3, channels, 3, norm_layer, act_layer, stride=2)
+        self.stem = ConvNormAct(3, channels, 3, norm_layer, act_layer, stride=2, memory_efficient=memory_efficient)
         repeats = [math.ceil(stage.num_blocks * depth) for stage in stages]
         drop_rates = iter(block_drop_rates(sum(repeats), drop_connect_rate))
         stage_modules: List[nn.Sequential] = []
@@ -219,29 +220,36 @@ class EfficientNet(nn.Module):
             for i in range(num_blocks):
                 blocks.append(block(channels, out_channels, stage.kernel_size, stage.stride if i == 0 else 1,
                                     stage.expand_ratio, norm_layer=norm_layer, act_layer=act_layer,
-                                    drop_rate=next(drop_rates)))
+                                    drop_rate=next(drop_rates), memory_efficient=memory_efficient))
                 channels = out_channels
             stage_modules.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stage_modules)
         self.num_features = make_divisible(head_channels * width)
-        self.head = ConvNormAct(channels, self.num_features, 1, norm_layer, act_layer)
+        self.head = ConvNormAct(channels, self.num_features, 1, norm_layer, act_layer,
+                                memory_efficient=memory_efficient)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.num_features, num_classes)
         self.reset_parameters()
 
     @classmethod
-    def from_name(cls, name: str, num_classes: int = 1000, **overrides: Any) -> 'EfficientNet':
+    def from_name(cls, name: str, num_classes: int = 1000, features_only: bool = False,
+                  out_indices: Sequence[int] = (0, 1, 2, 3, 4), **overrides: Any) -> 'EfficientNet':
         """Build member ``name`` (``efficientnet_b0`` ... ``efficientnet_b7``, ``efficientnet_v2_s`` ...
         ``efficientnet_v2_xl``) from its table: the B family with the paper's scaling.
 
         ``overrides`` replace any constructor argument, ``dropout``, ``drop_connect_rate`` and ``bn_eps``
-        (the member's: 1e-5, V2's 1e-3 as torchvision's and TensorFlow's) included.
+        (the member's: 1e-5, V2's 1e-3 as torchvision's and TensorFlow's) included. With ``features_only`` it is
+        a :class:`~composer_efficientnet.backbones.EfficientNetFeatures` returning the feature maps at levels
+        ``out_indices`` (level i at stride 2**(i+1), as timm numbers them), with no head or classifier.
         """
         member = MEMBERS[canonical_name(name)]
         kwargs = {'width': member.width, 'depth': member.depth, 'dropout': member.dropout, 'bn_eps': member.bn_eps,
                   'stages': member.stages, 'stem_channels': member.stem_channels,
                   'head_channels': member.head_channels, **overrides}
+        if features_only:
+            from composer_efficientnet.backbones import EfficientNetFeatures  # it builds on this class
+            return EfficientNetFeatures(out_indices=out_indices, **kwargs)
         return cls(num_classes=num_classes, **kwargs)
 
     def reset_parameters(self) -> None:

@@ -16,6 +16,7 @@ from typing import Callable, Dict, Iterable, Mapping, Tuple, Union
 import torch
 from torch import nn
 
+from composer_efficientnet.backbones import EfficientNetFeatures
 from composer_efficientnet.efficientnet import MEMBERS, EfficientNet, make_divisible
 from composer_efficientnet.safe_load import checkpoint_globals as _composer_checkpoint_globals
 
@@ -240,12 +241,20 @@ def load_pretrained(model: nn.Module, source: Union[str, os.PathLike, Mapping[st
     Keys under ``skip_prefixes`` (``('classifier.',)`` to fine-tune on other classes) keep their
     initialization. Missing, unexpected or differently shaped keys raise :class:`WeightsError` naming them,
     before any parameter is changed. Weights from torchvision or timm also set the BatchNorm eps their source
-    trained with (see :func:`source_bn_overrides`; a warning says so when the model had another).
+    trained with (see :func:`source_bn_overrides`; a warning says so when the model had another). A feature-map
+    model (:class:`~composer_efficientnet.backbones.EfficientNetFeatures`) loads all but the head and classifier,
+    saying so once.
     """
     if not isinstance(model, EfficientNet) and isinstance(getattr(model, 'module', None), EfficientNet):
         model = model.module  # the Composer model's network
     state_dict = as_state_dict(source)
-    incoming = {k: v for k, v in to_native(state_dict).items() if not k.startswith(skip_prefixes)}
+    native = to_native(state_dict)
+    if isinstance(model, EfficientNetFeatures):  # a backbone: no head or classifier to load
+        skip_prefixes = (*skip_prefixes, 'head.', 'classifier.')
+        if skipped := sorted({k.split('.')[0] for k in native if k.startswith(('head.', 'classifier.'))}):
+            log.warning('The feature-map model has no %s: those pretrained weights are not loaded.',
+                        ' or '.join(skipped))
+    incoming = {k: v for k, v in native.items() if not k.startswith(skip_prefixes)}
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith(skip_prefixes)}
     problems = []
     # BatchNorm fills a missing step counter itself, as it does for torchvision's models; many ported files lack it
@@ -258,8 +267,8 @@ def load_pretrained(model: nn.Module, source: Union[str, os.PathLike, Mapping[st
         problems.append(f'shape (checkpoint vs model) {_some(mismatched)}')
     if problems:
         raise WeightsError(f'Pretrained weights do not fit this model (the checkpoint looks like '
-                           f'{guess_member(incoming)}): ' + '; '.join(problems))
+                           f'{guess_member(native)}): ' + '; '.join(problems))
     model.load_state_dict(incoming, strict=not skip_prefixes)
-    member = guess_member(incoming)
+    member = guess_member(native)
     if eps := source_bn_overrides(state_dict, member).get('bn_eps'):
         _set_bn_eps(model, eps, f'{detect_format(state_dict)} trained {member} with it')
