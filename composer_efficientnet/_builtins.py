@@ -24,14 +24,16 @@ def _member_builder(name: str):
 
     def build(num_classes: int = 1000, drop_connect_rate: float = 0.2, pretrained: Optional[str] = None,
               dropout: Optional[float] = None, bn_momentum: Optional[float] = None,
-              bn_eps: Optional[float] = None) -> EfficientNetClassifier:
+              bn_eps: Optional[float] = None, memory_efficient: bool = False) -> EfficientNetClassifier:
         overrides: dict[str, Any] = {'dropout': dropout, 'bn_momentum': bn_momentum, 'bn_eps': bn_eps}
         return composer_efficientnet(name, num_classes=num_classes, drop_connect_rate=drop_connect_rate,
-                                     pretrained=pretrained, **{k: v for k, v in overrides.items() if v is not None})
+                                     pretrained=pretrained, memory_efficient=memory_efficient,
+                                     **{k: v for k, v in overrides.items() if v is not None})
 
     build.__name__ = f'build_{name}'
     build.__doc__ = (f'{name} as a Composer model (dropout and BatchNorm eps default to the member\'s, '
-                     f'{MEMBERS[name].dropout} and {MEMBERS[name].bn_eps:g}; BatchNorm momentum to 0.1).')
+                     f'{MEMBERS[name].dropout} and {MEMBERS[name].bn_eps:g}; BatchNorm momentum to 0.1; memory_efficient '
+                     'recomputes norms and activations in backward instead of keeping them).')
     return build
 
 

@@ -86,7 +86,8 @@ def composer_efficientnet(name: str = 'efficientnet_b0', num_classes: int = 1000
     ``pretrained`` is a weights file or a state dict; torchvision's and timm's build the model with the BatchNorm
     eps their source trained with (see :func:`weights.load_pretrained`). With a ``num_classes`` other than the
     checkpoint's, or a checkpoint without a classifier (a backbone), every weight but the classifier's is loaded
-    (fine-tuning). ``overrides`` go to :meth:`EfficientNet.from_name`.
+    (fine-tuning). ``overrides`` go to :meth:`EfficientNet.from_name`: ``memory_efficient=True``, say, trains
+    keeping at most 0.40x torchvision's activations for backward, with the same outputs and gradients.
 
     Example:
         >>> from composer_efficientnet import composer_efficientnet

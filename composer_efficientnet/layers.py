@@ -12,6 +12,8 @@ from typing import Callable, Optional, Union
 import torch
 from torch import nn
 
+from composer_efficientnet.lean import norm_act, norm_act_conv
+
 __all__ = ['drop_path', 'ConvNormAct', 'SqueezeExcite', 'ResidualBlock', 'MBConv', 'FusedMBConv']
 
 NormLayer = Callable[[int], nn.Module]
@@ -57,16 +59,33 @@ def drop_path(x: torch.Tensor, drop_rate: Union[float, torch.Tensor], training: 
 
 
 class ConvNormAct(nn.Sequential):
-    """Convolution without bias, normalization, and an optional activation (``act_layer=None``)."""
+    """Convolution without bias, normalization, and an optional activation (``act_layer=None``).
+
+    With ``memory_efficient``, training keeps only the convolution's input and output for backward (the norm
+    and activation are recomputed, see :mod:`composer_efficientnet.lean`); evaluation is the same either way.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, norm_layer: NormLayer,
-                 act_layer: Optional[ActLayer], stride: int = 1, groups: int = 1) -> None:
+                 act_layer: Optional[ActLayer], stride: int = 1, groups: int = 1,
+                 memory_efficient: bool = False) -> None:
         super().__init__()
+        self.memory_efficient = memory_efficient
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=(kernel_size - 1) // 2,
                               groups=groups, bias=False)
         self.bn = norm_layer(out_channels)
         if act_layer is not None:
             self.act = act_layer()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.memory_efficient and self.training and torch.is_grad_enabled():
+            return self._lean_forward(x)
+        for module in self:
+            x = module(x)
+        return x
+
+    @torch.jit.unused
+    def _lean_forward(self, x):  # unannotated: TorchScript resolves no postponed hints here
+        return norm_act(self.conv(x), self.bn, getattr(self, 'act', None))
 
 
 class SqueezeExcite(nn.Module):
@@ -88,13 +107,17 @@ class ResidualBlock(nn.Module):
     """A block whose output is added to its input when it keeps resolution and width, with sample-wise
     stochastic depth on that residual branch; subclasses build the branch and call :meth:`add_residual`.
 
+    With ``memory_efficient``, the branch keeps only its convolutions' outputs for backward in training
+    (:mod:`composer_efficientnet.lean`); outputs, gradients, state dict and the evaluation path are unchanged.
+
     ``drop_rate`` is a property backed by a non-persistent buffer: it can be read and set at run time
     (by a schedule, say) without touching the state dict's keys, and setting it costs no host sync.
     """
 
-    def __init__(self, has_residual: bool) -> None:
+    def __init__(self, has_residual: bool, memory_efficient: bool = False) -> None:
         super().__init__()
         self.has_residual = has_residual
+        self.memory_efficient = memory_efficient
         self.register_buffer('_keep_prob', torch.tensor(1.0), persistent=False)
         self.drop_rate = 0.0
 
@@ -130,8 +153,9 @@ class MBConv(ResidualBlock):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, expand_ratio: int,
-                 se_ratio: float, norm_layer: NormLayer, act_layer: ActLayer, drop_rate: float = 0.0) -> None:
-        super().__init__(has_residual=stride == 1 and in_channels == out_channels)
+                 se_ratio: float, norm_layer: NormLayer, act_layer: ActLayer, drop_rate: float = 0.0,
+                 memory_efficient: bool = False) -> None:
+        super().__init__(stride == 1 and in_channels == out_channels, memory_efficient)
         mid_channels = in_channels * expand_ratio
         self.expand = (ConvNormAct(in_channels, mid_channels, 1, norm_layer, act_layer)
                        if expand_ratio != 1 else nn.Identity())
@@ -142,7 +166,19 @@ class MBConv(ResidualBlock):
         self.drop_rate = drop_rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.memory_efficient and self.training and torch.is_grad_enabled():
+            return self.add_residual(x, self._lean_branch(x))
         return self.add_residual(x, self.project(self.se(self.depthwise(self.expand(x)))))
+
+    @torch.jit.unused
+    def _lean_branch(self, x):  # unannotated: TorchScript resolves no postponed hints here
+        """The branch keeping the expansion, depthwise and projection outputs (and ``x``) for backward."""
+        if isinstance(self.expand, ConvNormAct):
+            x = norm_act_conv(self.expand.conv(x), self.expand.bn, self.expand.act, self.depthwise.conv)
+        else:
+            x = self.depthwise.conv(x)
+        x = norm_act_conv(x, self.depthwise.bn, self.depthwise.act, self.project.conv, se=self.se)
+        return self.project.bn(x)
 
 
 class FusedMBConv(ResidualBlock):
@@ -154,8 +190,9 @@ class FusedMBConv(ResidualBlock):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, expand_ratio: int,
-                 norm_layer: NormLayer, act_layer: ActLayer, drop_rate: float = 0.0) -> None:
-        super().__init__(has_residual=stride == 1 and in_channels == out_channels)
+                 norm_layer: NormLayer, act_layer: ActLayer, drop_rate: float = 0.0,
+                 memory_efficient: bool = False) -> None:
+        super().__init__(stride == 1 and in_channels == out_channels, memory_efficient)
         mid_channels = in_channels * expand_ratio if expand_ratio != 1 else out_channels
         self.fused = ConvNormAct(in_channels, mid_channels, kernel_size, norm_layer, act_layer, stride=stride)
         self.project = (ConvNormAct(mid_channels, out_channels, 1, norm_layer, act_layer=None)
@@ -163,4 +200,14 @@ class FusedMBConv(ResidualBlock):
         self.drop_rate = drop_rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.memory_efficient and self.training and torch.is_grad_enabled():
+            return self.add_residual(x, self._lean_branch(x))
         return self.add_residual(x, self.project(self.fused(x)))
+
+    @torch.jit.unused
+    def _lean_branch(self, x):  # unannotated: TorchScript resolves no postponed hints here
+        """The branch keeping the fused and projection convolutions' outputs (and ``x``) for backward."""
+        if not isinstance(self.project, ConvNormAct):
+            return norm_act(self.fused.conv(x), self.fused.bn, self.fused.act)
+        x = norm_act_conv(self.fused.conv(x), self.fused.bn, self.fused.act, self.project.conv)
+        return self.project.bn(x)
