@@ -30,7 +30,7 @@ from composer_efficientnet.recipe import Recipe, RecipeError, load_recipe, valid
 from composer_efficientnet.resume import check_checkpoint, checkpoint_must_fit, newest_run_checkpoint
 from composer_efficientnet.runner import (build_data, check_data_fits, held_out_metrics,
                                          ignore_short_last_batch_warnings, log_around_progress_bars, report_recipe_error,
-                                         run_settings)
+                                         run_settings, status)
 
 __all__ = ['build_evaluator', 'checkpoint_to_load', 'evaluate', 'main']
 
@@ -133,7 +133,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except DATA_ERRORS as error:
         if args.debug:
             raise
-        print(f'composer-efficientnet: {message_of(error)}', file=sys.stderr)
+        status(f'composer-efficientnet: {message_of(error)}', sys.stderr)  # beside the progress bar
         return 2
     source = trainer.state.load_path or recipe.model.params['pretrained']
     trainer.close()

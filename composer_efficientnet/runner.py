@@ -66,22 +66,22 @@ def log_around_progress_bars() -> None:
         logger.addHandler(_AroundProgressBars(logging.WARNING))
 
 
-def fail_on_every_process(lines: Sequence[str], status: int) -> int:
-    """Report a mistake that every process of the run finds (a recipe mistake): each line once on stderr, and
-    ``status`` as the exit status of the command and of Composer's launcher around it.
+def fail_on_every_process(lines: Sequence[str], exit_status: int) -> int:
+    """Report a mistake that every process of the run finds (a recipe mistake): each line once on stderr (through
+    :func:`status`, as a Trainer being built may have drawn a bar), and ``exit_status`` as the exit status of the
+    command and of Composer's launcher around it.
 
     Only each node's first process prints; the others wait for the launcher to stop them. Without the wait, the
     launcher could see one of them exit first, print its output too, stop the first process and exit with that
-    one's signal status (241) instead of ``status``.
+    one's signal status (241) instead of ``exit_status``.
     """
     if dist.get_local_rank() == 0:
         for line in lines:
-            print(line, file=sys.stderr)
-        sys.stderr.flush()
+            status(line, sys.stderr)
     elif dist.get_local_world_size() > 1:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # stopped by the launcher: not reported as a crash of its own
         time.sleep(LAUNCHER_GRACE_S)
-    return status
+    return exit_status
 
 
 def report_recipe_error(error: RecipeError) -> int:

@@ -114,7 +114,8 @@ def _lost_process(error: RuntimeError) -> bool:
 
 def _fit(trainer: Trainer, debug: bool) -> int:
     """Fit and report; a divergence (status 3), a checkpoint that cannot be written (status 4), an image that
-    strict mode refuses or a broken dataset (status 2) or a lost process (status 1) ends with one line on stderr."""
+    strict mode refuses or a broken dataset (status 2) or a lost process (status 1) ends with one line on stderr,
+    on a line of its own beside the progress bars (:func:`status`)."""
     if trainer.state.load_path is not None:
         status(f'{_rank_prefix()}resumed from {trainer.state.load_path} at step {int(trainer.state.timestamp.batch)}')
     if (trainer.state.get_elapsed_duration() or 0) >= 1:  # a rerun of a finished run, e.g. a scheduler's retry
@@ -125,26 +126,26 @@ def _fit(trainer: Trainer, debug: bool) -> int:
     try:
         trainer.fit()
     except DivergenceError as error:
-        print(f'composer-efficientnet: {error}', file=sys.stderr)
+        status(f'composer-efficientnet: {error}', sys.stderr)
         trainer.close()
         return 3
     except CheckpointWriteError as error:
         if debug:
             raise
-        print(f'composer-efficientnet: {_rank_prefix()}{error}; make room there, then rerun (with autoresume: true it '
-              'continues from the last checkpoint)', file=sys.stderr)
+        status(f'composer-efficientnet: {_rank_prefix()}{error}; make room there, then rerun (with autoresume: true it '
+               'continues from the last checkpoint)', sys.stderr)
         return 4
     except DATA_ERRORS as error:
         if debug:
             raise
-        print(f'composer-efficientnet: {_rank_prefix()}{message_of(error)}', file=sys.stderr)
+        status(f'composer-efficientnet: {_rank_prefix()}{message_of(error)}', sys.stderr)
         return 2
     except RuntimeError as error:
         if debug or not _lost_process(error):
             raise
-        print(f'composer-efficientnet: {_rank_prefix()}lost contact with another process '
-              f'({str(error).splitlines()[0]}); rerun the same command to resume every process from the last '
-              'checkpoint', file=sys.stderr)
+        status(f'composer-efficientnet: {_rank_prefix()}lost contact with another process '
+               f'({str(error).splitlines()[0]}); rerun the same command to resume every process from the last '
+               'checkpoint', sys.stderr)
         return 1
     for line in report(trainer):
         status(line)

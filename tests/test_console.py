@@ -54,3 +54,26 @@ def test_package_warnings_go_around_the_bars(capsys):
     bar.close()
     shown = _shown_lines(capsys.readouterr().err)
     assert 'Rank 0 skipped 1 unreadable image(s)' in shown, shown
+
+
+def test_an_error_during_fit_starts_a_line_of_its_own(capsys):
+    """A strict-mode image error (or a divergence, a full disk, a lost process) ends the run while the bars are
+    drawn: its one line must not be glued to the end of a bar."""
+    from types import SimpleNamespace
+
+    from tqdm import tqdm
+
+    from composer_efficientnet.data import CorruptImageError
+    from composer_efficientnet.train import _fit
+
+    bars = []
+
+    def fit():
+        bars.append(tqdm(total=2, file=sys.stderr, desc='train'))  # left open, as when a worker's error ends the fit
+        bars[0].update(1)
+        raise CorruptImageError('sample 2 of mds/train: cannot read or decode this image')
+
+    trainer = SimpleNamespace(fit=fit, state=SimpleNamespace(load_path=None, get_elapsed_duration=lambda: None))
+    assert _fit(trainer, debug=False) == 2
+    shown = _shown_lines(capsys.readouterr().err)
+    assert 'composer-efficientnet: sample 2 of mds/train: cannot read or decode this image' in shown, shown
