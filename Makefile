@@ -11,7 +11,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[streaming,test]'
+	$(BIN)/python -m pip install -q -e '.[streaming,test,export]'
 	touch $(STAMP)
 
 install: $(STAMP)

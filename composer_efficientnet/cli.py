@@ -1,4 +1,4 @@
-"""The ``composer-efficientnet`` command: train, eval, list, info, benchmark, convert-dataset."""
+"""The ``composer-efficientnet`` command: train, eval, export, predict, list, info, benchmark, convert-dataset."""
 
 from __future__ import annotations
 
@@ -38,6 +38,42 @@ def family_table(names: Optional[Iterable[str]] = None) -> List[List[str]]:
     return rows
 
 
+MEMORY_BUDGET_BYTES = 80e9
+#: Bytes per parameter a bf16-autocast SGD step holds besides activations: fp32 weight, gradient and momentum,
+#: and the weight's bf16 copy.
+STEP_BYTES_PER_PARAMETER = 4 + 4 + 4 + 2
+
+
+def memory_table(names: Optional[Iterable[str]] = None) -> List[List[str]]:
+    """Rows of the activation-memory table: per member at its training resolution, the float32 MB per image kept
+    for backward by the default and the memory-efficient mode, and the largest bf16 batch fitting 80 GB.
+
+    The batch is an estimate: bf16 activations as half the float32 count, plus weights, gradients, momentum and
+    bf16 weight copies (:data:`STEP_BYTES_PER_PARAMETER`); no allocator slack, workspaces or input batch.
+
+    Args:
+        names: the members to list (default: all), each a row after the header.
+    """
+    import torch
+
+    from composer_efficientnet import EfficientNet
+    from composer_efficientnet.benchmark import activation_bytes_per_image
+    from composer_efficientnet.efficientnet import MEMBERS
+    rows = [['member', 'px', 'default MB/img', 'lean MB/img', 'lean/default', 'bf16 batch @80GB default', 'lean']]
+    for name in MEMBERS if names is None else names:
+        size = MEMBERS[name].resolution
+        counts, batches = [], []
+        for lean in (False, True):
+            with torch.device('meta'):
+                model = EfficientNet.from_name(name, memory_efficient=lean)
+                counts.append(activation_bytes_per_image(model, size))
+            fixed = STEP_BYTES_PER_PARAMETER * sum(p.numel() for p in model.parameters())
+            batches.append(int((MEMORY_BUDGET_BYTES - fixed) // (counts[-1] / 2)))
+        rows.append([name, str(size), f'{counts[0] / 1e6:.1f}', f'{counts[1] / 1e6:.1f}',
+                     f'{counts[1] / counts[0]:.2f}', str(batches[0]), str(batches[1])])
+    return rows
+
+
 def _print_table(rows: List[List[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for index, row in enumerate(rows):
@@ -47,6 +83,13 @@ def _print_table(rows: List[List[str]]) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
+    if args.memory:
+        _print_table(memory_table())
+        print('\nActivations: what autograd saves for backward in a float32 training step (parameters excluded),'
+              '\ncounted with saved-tensor hooks on the meta device at each member\'s training resolution.'
+              '\nBatch: an estimate, (80e9 bytes - 14 bytes/parameter for weights, gradients, SGD momentum and bf16'
+              '\nweight copies) / (half the float32 activation count); allocator slack and workspaces not counted.')
+        return 0
     _print_table(family_table())
     print('\n* The paper counts FLOPs as multiply-adds; torch.utils.flop_counter counts 2 FLOPs per multiply-add.'
           '\n  Convolutions and matmuls only, batch 1, at each member\'s evaluation resolution (B family: its native'
@@ -97,9 +140,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     commands.add_parser('eval', help='evaluate a checkpoint or pretrained weights on a recipe\'s held-out data '
                         '(see composer-efficientnet eval --help)', add_help=False)
     commands.add_parser('benchmark', help='time our training step beside torchvision and timm', add_help=False)
+    commands.add_parser('export', help='write a recipe\'s or a weights file\'s model as ONNX, TorchScript or a '
+                        'torch.export program (see composer-efficientnet export --help)', add_help=False)
+    commands.add_parser('predict', help='classify images with a recipe\'s or a weights file\'s model (see '
+                        'composer-efficientnet predict --help)', add_help=False)
     listing = commands.add_parser('list', help='print what is registered')
     listing.add_argument('kind', nargs='?', choices=KINDS)
-    commands.add_parser('info', help='print the EfficientNet family table')
+    info = commands.add_parser('info', help='print the EfficientNet family table')
+    info.add_argument('--memory', action='store_true', help='print activation MB per image, default and '
+                      'memory_efficient, and the largest bf16 batch fitting 80 GB, per member')
     convert = commands.add_parser('convert-dataset', help='write an ImageFolder tree as MosaicML Streaming shards')
     convert.add_argument('--src', required=True, help='ImageFolder root (with train/ and/or val/ of <class>/<image>)')
     convert.add_argument('--out', required=True, help='output directory (or object store URL) for the MDS shards, '
@@ -116,6 +165,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] == 'eval':
         from composer_efficientnet import evaluate
         return evaluate.main(argv[1:])
+    if argv and argv[0] in ('export', 'predict'):
+        from composer_efficientnet import export, predict
+        return {'export': export, 'predict': predict}[argv[0]].main(argv[1:])
     if argv and argv[0] == 'benchmark':
         from composer_efficientnet import benchmark
         return benchmark.main(argv[1:])

@@ -16,6 +16,7 @@ from composer import Trainer
 from composer.utils import dist, reproducibility
 
 from composer_efficientnet.callbacks import CheckpointWriteError, DivergenceError, SyncBuffers
+from composer_efficientnet.callbacks.class_names import ClassNames
 from composer_efficientnet.data import DATA_ERRORS, BadSampleReport
 from composer_efficientnet.data.errors import message_of
 from composer_efficientnet.recipe import Recipe, RecipeError, load_recipe, validate
@@ -49,12 +50,14 @@ def build_trainer(recipe: Recipe) -> Trainer:
     microbatch = 'auto' if accum == 'auto' else (
         settings['train_batch_size'] // recipe.world_size // accum if accum else None)
     trainer_class = SyncFreeTrainer if settings.get('sync_free', True) else Trainer
+    classes = getattr(train_data.dataloader.dataset, 'classes', None)  # recorded in checkpoints for predict
     return checkpoint_must_fit(recipe, resumed or settings.get('load_path'), lambda: trainer_class(
         model=model, train_dataloader=train_data, eval_dataloader=eval_data,
         optimizers=recipe.optimizer.build(model.parameters()),
         schedulers=[entry.build() for entry in recipe.schedulers],
         algorithms=[entry.build() for entry in recipe.algorithms],
-        callbacks=[BadSampleReport(), SyncBuffers(), *(entry.build() for entry in recipe.callbacks),
+        callbacks=[BadSampleReport(), SyncBuffers(), ClassNames(classes),
+                   *(entry.build() for entry in recipe.callbacks),
                    *checkpoint_savers(recipe)],
         max_duration=settings['max_duration'], device_train_microbatch_size=microbatch, **run_settings(recipe)),
         key='autoresume' if resumed else 'load_path')
