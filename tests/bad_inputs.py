@@ -117,6 +117,21 @@ def _member_weights(member: str) -> Callable[[Path], None]:
     return save
 
 
+def _inference(command: str, *args: str, backbone: bool = False) -> Setup:
+    """``composer-efficientnet COMMAND weights.pt ARGS`` (``{tmp}`` in ARGS: the folder), with B0's weights
+    (without the classifier for a ``backbone``)."""
+    def setup(tmp: Path) -> List[str]:
+        from composer_efficientnet import EfficientNet
+        state = EfficientNet.from_name('efficientnet_b0').state_dict()
+        torch.save({k: v for k, v in state.items() if not (backbone and k.startswith('classifier.'))},
+                   tmp / 'weights.pt')
+        (tmp / 'photo.jpg').write_text('not an image')
+        (tmp / 'empty').mkdir()
+        return [command, str(tmp / 'weights.pt'), *(arg.format(tmp=tmp) for arg in args)]
+
+    return setup
+
+
 # -- composer-efficientnet's own arguments ------------------------------------------------------------------------
 
 def cli(name: str, setup: Setup, message: str, usage: bool = True) -> BadInput:
@@ -433,4 +448,14 @@ TABLE: List[BadInput] = [
     cli('convert --split of a missing folder', lambda tmp: ['convert-dataset', '--src', str(tmp / 'none'), '--out',
                                                           str(tmp / 'out'), '--split', 'train'],
         r'none: split directory not found', usage=False),
+    cli('predict an unreadable image', _inference('predict', '{tmp}/photo.jpg'),
+        r"predict: '.*photo.jpg': cannot be read as an image \(.*\); expected a JPEG, PNG, WebP or GIF file",
+        usage=False),
+    cli('predict a folder without images', _inference('predict', '{tmp}/empty'),
+        r"predict: '.*empty': folder holds no images; expected files ending in .jpeg", usage=False),
+    cli('predict with weights without a classifier', _inference('predict', '{tmp}/photo.jpg', backbone=True),
+        r"predict: Weights '.*weights.pt' are not those of a whole EfficientNet classifier \(they look like "
+        r'efficientnet_b0, without a classifier\)', usage=False),
+    cli('export into a missing folder', _inference('export', '--out', '{tmp}/none/model.onnx'),
+        r"export: --out: '.*model.onnx' is a folder or is in a folder that does not exist", usage=False),
 ]
