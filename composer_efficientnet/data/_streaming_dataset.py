@@ -14,7 +14,8 @@ source bytes give identical pixels. Extra columns are never decoded.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+import itertools
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from streaming.base.format.mds.encodings import mds_decode
 
 from composer_efficientnet.data.bad_samples import BadSampleTracker, load_or_replace
 from composer_efficientnet.data.errors import DatasetLayoutError
-from composer_efficientnet.data.transforms import decode_image_bytes
+from composer_efficientnet.data.transforms import StageSettings, decode_image_bytes, start_batch
 
 __all__ = ['StreamingImageDataset', 'ENCODED_IMAGE_ENCODINGS', 'LABEL_ENCODINGS', 'decode_image_column']
 
@@ -172,6 +173,19 @@ class StreamingImageDataset(StreamingDataset):
         self.transform = transform
         self.strict = strict
         self.bad_samples = BadSampleTracker()
+        self.stage: Optional[StageSettings] = getattr(transform, 'stage', None)
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, int]]:
+        """This worker's samples; each run of ``batch_size`` of them (one DataLoader batch) is transformed at the
+        progressive-learning stage's settings of its first sample (see ``StageSettings``)."""
+        samples = super().__iter__()
+        for position in itertools.count():
+            if position % (self.batch_size or 1) == 0:
+                start_batch(self.transform)
+            sample = next(samples, None)
+            if sample is None:
+                return
+            yield sample
 
     def _load(self, index: int) -> Tuple[torch.Tensor, int]:
         sample = super().get_item(index)

@@ -20,8 +20,8 @@ from torchvision.io import read_file
 from composer_efficientnet.data.bad_samples import BadSampleTracker, load_or_replace
 from composer_efficientnet.data.errors import DatasetLayoutError, SplitNotFoundError
 from composer_efficientnet.data.loading import make_dataloader, make_dataspec
-from composer_efficientnet.data.transforms import (Interpolation, decode_image_bytes, image_transform,
-                                                    normalize_on_device)
+from composer_efficientnet.data.transforms import (Interpolation, StageSettings, decode_image_bytes,
+                                                    image_transform, normalize_on_device, start_batch)
 
 __all__ = ['IMAGE_EXTENSIONS', 'SPLITS', 'scan_split', 'ImageFolderDataset', 'build_imagenet_dataspec']
 
@@ -115,7 +115,9 @@ class ImageFolderDataset(Dataset):
     """One split of an ImageFolder tree: ``(uint8 CHW image, int label)`` per index.
 
     Paths and labels are kept in numpy arrays rather than Python lists, so forked DataLoader workers do not
-    copy them page by page as reference counts change (1.28M paths for ImageNet).
+    copy them page by page as reference counts change (1.28M paths for ImageNet). A training transform's
+    :class:`~composer_efficientnet.data.transforms.StageSettings` is the dataset's ``stage`` (None otherwise),
+    taken once per batch.
     """
 
     def __init__(self, split_dir: str, transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
@@ -127,9 +129,15 @@ class ImageFolderDataset(Dataset):
         self.transform = transform
         self.strict = strict
         self.bad_samples = BadSampleTracker()
+        self.stage: Optional[StageSettings] = getattr(transform, 'stage', None)
 
     def __len__(self) -> int:
         return len(self._labels)
+
+    def __getitems__(self, indices: Sequence[int]) -> List[Tuple[torch.Tensor, int]]:
+        """One batch (the DataLoader's fetcher calls this), all at the stage's settings of its start."""
+        start_batch(self.transform)
+        return [self[index] for index in indices]
 
     def path(self, index: int) -> str:
         """The file behind sample ``index``."""

@@ -18,8 +18,9 @@ from torchvision.transforms import RandomResizedCrop as _RandomResizedCropV1
 from torchvision.transforms import v2
 
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'AUGMENTATIONS', 'VAL_CROP_FRACTION', 'Interpolation', 'NormalizeOnDevice',
-           'RandomResizedCropFlip', 'ResizeShorterSide', 'decode_image_bytes', 'resize_uint8', 'image_transform',
-           'val_resize_size', 'check_augment', 'normalize_on_device']
+           'RandomResizedCropFlip', 'ResizeShorterSide', 'StageSettings', 'TrainTransform', 'decode_image_bytes',
+           'resize_uint8', 'image_transform', 'val_resize_size', 'check_augment', 'normalize_on_device',
+           'start_batch']
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -117,6 +118,61 @@ class ResizeShorterSide(torch.nn.Module):
         return resize_uint8(image, (int(self.size * height / width), self.size), self.interpolation)
 
 
+class StageSettings:
+    """The training images' side and RandAugment magnitude of the current progressive-learning stage, in shared
+    memory, so that DataLoader workers (forked or spawned, persistent or not) read what the main process wrote.
+
+    :class:`~composer_efficientnet.algorithms.ProgressiveLearning` writes it in the main process at fit start and
+    at the start of each epoch, before Composer makes the epoch's iterator, so while no worker loads a training
+    batch; datasets read it once per batch (:func:`start_batch`), so all images of a batch have one size even if
+    it changed while a batch was being built. ``None`` (stored as 0) leaves the dataset's own setting.
+    """
+
+    def __init__(self) -> None:
+        self._values = torch.zeros(2, dtype=torch.int64).share_memory_()
+
+    def set(self, image_size: Optional[int] = None, magnitude: Optional[int] = None) -> None:
+        """Make batches started from now on use ``image_size`` pixels and RandAugment ``magnitude`` (or the
+        dataset's own where None)."""
+        self._values.copy_(torch.tensor([image_size or 0, -1 if magnitude is None else magnitude]))
+
+    def get(self) -> Tuple[Optional[int], Optional[int]]:
+        """The image side and RandAugment magnitude set, each None where the dataset's own applies."""
+        size, magnitude = self._values.tolist()
+        return size or None, None if magnitude < 0 else magnitude
+
+
+class TrainTransform(torch.nn.Module):
+    """The training transform: random-resized crop and flip, then the optional ``augment`` policy, with the crop
+    size and RandAugment magnitude of :attr:`stage` (re-read by :meth:`start_batch`), else the built ones."""
+
+    def __init__(self, crop_size: int, augment: Optional[str] = None, interpolation: Interpolation = 'bilinear'
+                 ) -> None:
+        super().__init__()
+        check_augment(augment)
+        self.crop = RandomResizedCropFlip(crop_size, interpolation=interpolation)
+        self.augment = AUGMENTATIONS[augment]() if augment is not None else None
+        self.stage = StageSettings()
+        self._built = (crop_size, getattr(self.augment, 'magnitude', None))
+
+    def start_batch(self) -> None:
+        """Take the stage's settings for the images that follow (the next batch)."""
+        size, magnitude = self.stage.get()
+        self.crop.size = size or self._built[0]
+        if isinstance(self.augment, v2.RandAugment):
+            self.augment.magnitude = self._built[1] if magnitude is None else magnitude
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        image = self.crop(image)
+        return image if self.augment is None else self.augment(image)
+
+
+def start_batch(transform: Any) -> None:
+    """Let ``transform`` take the current stage's settings, if it follows stages (:class:`TrainTransform`)."""
+    if isinstance(transform, TrainTransform):
+        transform.start_batch()
+
+
 def val_resize_size(crop_size: int, resize_size: int = -1) -> int:
     """The shorter side validation images are resized to before the center crop.
 
@@ -131,7 +187,9 @@ def image_transform(is_train: bool, crop_size: int, resize_size: int = -1, augme
 
     Train: random-resized crop to ``crop_size`` (area 8-100%, aspect 3/4-4/3), horizontal flip, then the
     optional ``augment`` policy (torchvision v2); ``resize_size`` is not used, as in Composer's original
-    ImageNet recipe. Validation: resize the shorter side to :func:`val_resize_size`, center-crop ``crop_size``.
+    ImageNet recipe. The crop size and RandAugment magnitude follow progressive learning's stages
+    (:class:`TrainTransform`). Validation: resize the shorter side to :func:`val_resize_size`, center-crop
+    ``crop_size``.
     Every resize is antialiased, with ``interpolation``.
     """
     if crop_size < 1:
@@ -143,10 +201,7 @@ def image_transform(is_train: bool, crop_size: int, resize_size: int = -1, augme
                              'false) are resized and center-cropped, so remove augment here.')
         return v2.Compose([ResizeShorterSide(val_resize_size(crop_size, resize_size), interpolation),
                            v2.CenterCrop(crop_size)])
-    steps = [RandomResizedCropFlip(crop_size, interpolation=interpolation)]
-    if augment is not None:
-        steps.append(AUGMENTATIONS[augment]())
-    return v2.Compose(steps)
+    return TrainTransform(crop_size, augment, interpolation)
 
 
 def normalize_on_device(mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None
