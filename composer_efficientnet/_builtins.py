@@ -56,6 +56,7 @@ BUILTINS = {
         'seq_length_warmup': ca.SeqLengthWarmup, 'squeeze_excite': ca.SqueezeExcite,
         'stochastic_depth': ca.StochasticDepth, 'swa': ca.SWA, 'weight_standardization': ca.WeightStandardization,
         'sample_stochastic_depth': algorithms.SampleStochasticDepth,
+        'progressive_learning': algorithms.ProgressiveLearning,
     },
     'callbacks': {
         'activation_monitor': cc.ActivationMonitor, 'checkpoint_saver': our_callbacks.AtomicCheckpointSaver,

@@ -6,9 +6,11 @@ kinds, in depth order: EfficientNetV2's choice), sample method.
 """
 
 from composer_efficientnet.algorithms.label_smoothing import LabelSmoothing, apply_label_smoothing
+from composer_efficientnet.algorithms.progressive_learning import (ProgressiveLearning, apply_progressive_learning,
+                                                                   progressive_stages)
 from composer_efficientnet.algorithms.sample_stochastic_depth import (SampleStochasticDepth,
                                                                       apply_sample_stochastic_depth,
                                                                       block_drop_rates)
 
 __all__ = ['SampleStochasticDepth', 'apply_sample_stochastic_depth', 'block_drop_rates', 'LabelSmoothing',
-           'apply_label_smoothing']
+           'apply_label_smoothing', 'ProgressiveLearning', 'apply_progressive_learning', 'progressive_stages']

@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Optional
 from composer.core import DataSpec, Time, TimeUnit
 from torch.utils.data import DataLoader, DistributedSampler
 
+from composer_efficientnet.algorithms import progressive_learning
 from composer_efficientnet.algorithms.sample_stochastic_depth import STOCHASTIC_DEPTH_TARGETS
 from composer_efficientnet.data import BUILDERS
 from composer_efficientnet.efficientnet import canonical_name
@@ -228,6 +229,8 @@ SUPPORT: Dict[str, Support] = {
     'weight_standardization': Support('standardizes convolution weights (checkpoint keys change)',
                                       check=_check_weight_standardization),
     'sample_stochastic_depth': Support('ours: sample-wise drop rates, no surgery'),
+    'progressive_learning': Support('ours: image size in the workers and regularization by stage',
+                                    check=progressive_learning.check_recipe),
 }
 
 #: Our batches are (images, labels): the keys algorithms index them with.

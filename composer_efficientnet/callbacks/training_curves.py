@@ -12,6 +12,8 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist, format_name_with_dist
 
+from composer_efficientnet.algorithms import ProgressiveLearning
+
 __all__ = ['TrainingCurves']
 
 log = logging.getLogger(__name__)
@@ -22,7 +24,8 @@ class TrainingCurves(Callback):
     evaluation and at the end of the run.
 
     Losses are kept on the device and read once per epoch, so the callback adds no host sync to the step. The
-    curves so far are saved in every checkpoint, so a resumed run draws the whole run.
+    curves so far are saved in every checkpoint, so a resumed run draws the whole run. With
+    ``progressive_learning``, a dashed line marks the start of each stage reached, labelled with its settings.
 
     Args:
         filename: the PNG's name.
@@ -36,20 +39,31 @@ class TrainingCurves(Callback):
         self._pending: List[Tuple[int, torch.Tensor]] = []
         self.train_loss: List[Tuple[int, float]] = []
         self.eval_metrics: Dict[str, List[Tuple[int, float]]] = {}
+        self.stage_marks: List[Tuple[int, str]] = []  # (batch, label) of each progressive-learning stage begun
 
     def state_dict(self) -> Dict[str, Any]:
         self._flush()
-        return {'train_loss': list(self.train_loss), 'eval_metrics': dict(self.eval_metrics)}
+        return {'train_loss': list(self.train_loss), 'eval_metrics': dict(self.eval_metrics),
+                'stage_marks': list(self.stage_marks)}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.train_loss = [tuple(point) for point in state.get('train_loss', [])]
         self.eval_metrics = {name: [tuple(point) for point in points]
                              for name, points in state.get('eval_metrics', {}).items()}
+        self.stage_marks = [tuple(mark) for mark in state.get('stage_marks', [])]
 
     def fit_start(self, state: State, logger: Logger) -> None:
         if dist.get_global_rank() == 0 and self.output_path(state) is None:
             log.warning('training_curves: no %s is written, as the run has no save_folder; set one, or the '
                         "callback's folder", self.filename)
+
+    def epoch_start(self, state: State, logger: Logger) -> None:
+        # Algorithms run before callbacks at each event, so a stage that starts now is in force.
+        stage = next((a.stage for a in state.algorithms if isinstance(a, ProgressiveLearning)), None)
+        if stage is not None and stage.index > 0 and stage.start_epoch == int(state.timestamp.epoch):
+            mark = (int(state.timestamp.batch), f'stage {stage.index + 1}: {stage.describe()}')
+            if mark not in self.stage_marks:
+                self.stage_marks.append(mark)
 
     def after_backward(self, state: State, logger: Logger) -> None:
         if isinstance(state.loss, torch.Tensor):
@@ -96,6 +110,11 @@ class TrainingCurves(Callback):
         for name, points in self.eval_metrics.items():
             metric_ax.plot(*zip(*points), marker='o', label=name)
         metric_ax.set(xlabel='batch', title='Validation')
+        for batch, label in self.stage_marks:
+            for ax in (loss_ax, metric_ax):
+                ax.axvline(batch, color='gray', ls='--', lw=0.8)
+            loss_ax.annotate(label, (batch, 1), xycoords=('data', 'axes fraction'), rotation=90, fontsize=7,
+                             va='top', ha='right', color='gray')
         for ax in (loss_ax, metric_ax):
             ax.grid(alpha=0.3)
             if ax.lines:
