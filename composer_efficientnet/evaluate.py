@@ -27,7 +27,7 @@ import composer_efficientnet
 from composer_efficientnet.data import DATA_ERRORS
 from composer_efficientnet.data.errors import message_of
 from composer_efficientnet.recipe import Recipe, RecipeError, load_recipe, validate
-from composer_efficientnet.resume import check_checkpoint, checkpoint_must_fit, newest_run_checkpoint
+from composer_efficientnet.resume import check_checkpoint, check_of_this_run, checkpoint_must_fit, newest_run_checkpoint
 from composer_efficientnet.runner import (build_data, check_data_fits, held_out_metrics,
                                          ignore_short_last_batch_warnings, log_around_progress_bars, report_recipe_error,
                                          run_settings, status)
@@ -41,7 +41,8 @@ def checkpoint_to_load(recipe: Recipe) -> Optional[str]:
     ``load_path`` the model is still built from ``pretrained`` first, as in the run that fine-tuned it.
 
     A :class:`RecipeError` when there are no weights, when both ``pretrained`` and a checkpoint in
-    ``save_folder`` could be meant, or when the checkpoint is unreadable or would run code when loaded.
+    ``save_folder`` could be meant, when the checkpoint is unreadable or would run code when loaded, or when the
+    newest one in ``save_folder`` is of another ``run_name`` (a folder without ``{run_name}`` holds every run's).
     """
     load_path = recipe.settings.get('load_path')
     if load_path:
@@ -55,7 +56,8 @@ def checkpoint_to_load(recipe: Recipe) -> Optional[str]:
                           f'the newest checkpoint in save_folder ({newest}) could be the weights: set '
                           f'load_path={newest} to evaluate the run, or save_folder=null to evaluate {pretrained}')
     if newest:
-        check_checkpoint(newest, recipe, key='save_folder')
+        state = check_checkpoint(newest, recipe, key='save_folder')
+        check_of_this_run(recipe, newest, state, 'evaluate that run', f'or load_path={newest} to evaluate it')
     if newest or pretrained:
         return newest
     local_folder = save_folder and not parse_uri(save_folder)[0]

@@ -35,7 +35,7 @@ from composer_efficientnet.recipe import Entry, Recipe, RecipeError
 from composer_efficientnet.safe_load import UnsafeCheckpointError, read_checkpoint
 
 __all__ = ['ResumeMismatchError', 'checkpoint_savers', 'check_autoresume', 'check_checkpoint', 'check_no_earlier_run',
-           'checkpoint_must_fit', 'newest_run_checkpoint', 'run_identity', 'stored_identity']
+           'check_of_this_run', 'checkpoint_must_fit', 'newest_run_checkpoint', 'run_identity', 'stored_identity']
 
 
 T = TypeVar('T')
@@ -151,12 +151,8 @@ def check_autoresume(recipe: Recipe) -> Optional[str]:
     if checkpoint is None:
         return None
     state = _saved_state(_load_lazily(checkpoint, _trusted(recipe), 'autoresume'))
-    run_name, folder = settings['run_name'], settings['save_folder']
-    if state.get('run_name') not in (None, run_name):
-        raise ResumeMismatchError('run_name', f"is '{run_name}', but '{checkpoint}', the newest checkpoint in "
-                                  f"save_folder '{folder}', is of run '{state['run_name']}': set "
-                                  f"run_name={state['run_name']} to continue that run, or start run '{run_name}' "
-                                  'in another save_folder (such as one containing {run_name})')
+    check_of_this_run(recipe, checkpoint, state, 'continue that run', f"or start run '{settings['run_name']}' in "
+                      'another save_folder (such as one containing {run_name})', ResumeMismatchError)
     stored = _identity_in(state)
     if stored is not None:
         difference = _differences(stored, run_identity(recipe))
@@ -168,6 +164,26 @@ def check_autoresume(recipe: Recipe) -> Optional[str]:
     if dist.get_global_rank() == 0:
         point_latest_at(checkpoint)
     return checkpoint
+
+
+def check_of_this_run(recipe: Recipe, checkpoint: str, state: Dict[str, Any], action: str, way_out: str,
+                      error: type = RecipeError) -> None:
+    """Stop with ``error`` at ``run_name`` when ``checkpoint``, the newest in the recipe's ``save_folder`` (whose
+    ``state`` is given), records another run's name: a folder without ``{run_name}`` holds every run's checkpoints.
+
+    Args:
+        recipe: the run's recipe; nothing is checked without a ``run_name``.
+        checkpoint: the checkpoint's path, as the message names it.
+        state: its saved state (``run_name`` in it).
+        action: what setting the checkpoint's run name would do (``'continue that run'``).
+        way_out: the other way out, after ``or``.
+        error: the :class:`RecipeError` class to raise.
+    """
+    run_name, stored = recipe.settings.get('run_name'), state.get('run_name')
+    if run_name and stored not in (None, run_name):
+        raise error('run_name', f"is '{run_name}', but '{checkpoint}', the newest checkpoint in save_folder "
+                    f"'{recipe.settings['save_folder']}', is of run '{stored}': set run_name={stored} to {action}, "
+                    f'{way_out}')
 
 
 def check_no_earlier_run(recipe: Recipe) -> None:
@@ -203,21 +219,24 @@ def _readable(local: str) -> bool:
     return not (is_compressed_pt(local) or local.endswith('.tar'))  # those Composer unpacks itself
 
 
-def check_checkpoint(path: str, recipe: Recipe, key: str = 'load_path') -> None:
+def check_checkpoint(path: str, recipe: Recipe, key: str = 'load_path') -> Dict[str, Any]:
     """Stop with a :class:`RecipeError` at ``key`` (the setting that chose ``path``) unless a local checkpoint is
     a readable Composer checkpoint that runs no code when loaded (or ``load_trusted: true``); a torchvision, timm
     or plain state-dict file is pointed to the model's ``pretrained``. A remote one is checked by
-    :func:`checkpoint_must_fit`, once Composer has downloaded it."""
+    :func:`checkpoint_must_fit`, once Composer has downloaded it. Returns the checkpoint's saved state (its
+    tensors mapped from the file), empty for one that Composer downloads or unpacks itself."""
     local = _local_file(path, recipe)
     if local is None:
-        return  # a remote checkpoint is Composer's to download
+        return {}  # a remote checkpoint is Composer's to download
     if not os.path.isfile(local):
         raise RecipeError(key, f"file '{local}' does not exist")
     if not _readable(local):
-        return
-    if 'model' not in _saved_state(_load_lazily(local, _trusted(recipe), key)):
+        return {}
+    state = _saved_state(_load_lazily(local, _trusted(recipe), key))
+    if 'model' not in state:
         raise RecipeError(key, f"'{local}' is not a Composer checkpoint; for a torchvision, timm or plain "
                           f'state-dict file use model.{recipe.model.name}.pretrained={local} instead')
+    return state
 
 
 def checkpoint_must_fit(recipe: Recipe, path: Optional[str], build: Callable[[], T], key: str = 'load_path') -> T:

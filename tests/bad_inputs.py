@@ -206,10 +206,14 @@ def _code_in_a_callback(tmp: Path) -> List[str]:
     return ['train', write_recipe(tmp, with_run(callbacks=[loading]))]
 
 
-def _another_run(tmp: Path) -> List[str]:
-    (tmp / 'checkpoints').mkdir()
-    torch.save({'state': {'model': {}, 'run_name': 'first'}}, tmp / 'checkpoints' / 'ep1-ba8-rank0.pt')
-    return ['train', write_recipe(tmp, with_run(autoresume=True, run_name='second'))]
+def _another_run(command: str, **changes: Any) -> Setup:
+    """``command`` of run 'second' on RUN with ``changes``, where save_folder holds a checkpoint of run 'first'."""
+    def setup(tmp: Path) -> List[str]:
+        (tmp / 'checkpoints').mkdir()
+        torch.save({'state': {'model': {}, 'run_name': 'first'}}, tmp / 'checkpoints' / 'ep1-ba8-rank0.pt')
+        return [command, write_recipe(tmp, with_run(run_name='second', **changes))]
+
+    return setup
 
 
 RUNS_CODE = (r" would run code when loaded: it needs posix.system, which is not one of the plain types a Composer "
@@ -331,10 +335,14 @@ TABLE: List[BadInput] = [
              r"autoresume: 'checkpoints/ep1-ba8-rank0.pt'" + RUNS_CODE),
     BadInput('recipe', 'load_checkpoint callback of a file that would run code', _code_in_a_callback,
              r"callbacks.load_checkpoint.load_path: '.*/crafted.pt'" + RUNS_CODE),
-    BadInput('recipe', 'autoresume of another run', _another_run,
+    BadInput('recipe', 'autoresume of another run', _another_run('train', autoresume=True),
              r"run_name: is 'second', but 'checkpoints/ep1-ba8-rank0.pt', the newest checkpoint in save_folder "
              r"'checkpoints', is of run 'first': set run_name=first to continue that run, or start run 'second' in "
              r'another save_folder \(such as one containing \{run_name\}\)$'),
+    BadInput('recipe', "eval of another run's newest checkpoint", _another_run('eval'),
+             r"run_name: is 'second', but 'checkpoints/ep1-ba8-rank0.pt', the newest checkpoint in save_folder "
+             r"'checkpoints', is of run 'first': set run_name=first to evaluate that run, or "
+             r'load_path=checkpoints/ep1-ba8-rank0.pt to evaluate it$'),
     override('override key with an empty part', ['.max_duration=1ba'],
              r"\.max_duration: an override key is names joined by single dots"),
     override('position into a one-entry section', ['model.0.num_classes=5'], r"model.0: Unknown model '0'"),
