@@ -18,7 +18,7 @@ from torch import nn
 
 from composer_efficientnet.backbones import EfficientNetFeatures
 from composer_efficientnet.efficientnet import MEMBERS, EfficientNet, make_divisible
-from composer_efficientnet.safe_load import checkpoint_globals as _composer_checkpoint_globals
+from composer_efficientnet.safe_load import UnsafeCheckpointError, read_checkpoint
 
 __all__ = ['from_torchvision', 'from_timm', 'detect_format', 'read_state_dict', 'as_state_dict', 'to_native',
            'load_pretrained', 'source_bn_overrides', 'guess_member', 'WeightsError']
@@ -164,8 +164,12 @@ def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
             from safetensors.torch import load_file
             loaded = load_file(path)
         else:
-            with torch.serialization.safe_globals(_composer_checkpoint_globals()):
-                loaded = torch.load(path, map_location='cpu', weights_only=True)
+            loaded = read_checkpoint(path, shown=f"Pretrained weights file '{path}'")
+    except UnsafeCheckpointError as error:
+        raise WeightsError(f"Pretrained weights file '{path}' would run code when loaded (it needs "
+                           f'{error.global_name}): a weights file is a state dict saved with torch.save or '
+                           'safetensors; a pickled whole model, or anything else that runs code, is refused.'
+                           ) from None
     except Exception as error:  # noqa: BLE001 - any reader failure means the same thing to the user
         reason = re.sub(r'\x1b\[[0-9;]*m', '', str(error)).strip().splitlines()
         raise WeightsError(f"Could not read pretrained weights file '{path}' ({type(error).__name__}: "

@@ -369,6 +369,24 @@ TABLE: List[BadInput] = [
              r'an epoch of 1438 images has 30 images'),
     override('selective backprop keeping no sample', ['algorithms=[{selective_backprop: {keep: 0.01}}]'],
              r'selective_backprop.keep: 0.01: keeps no sample of a batch \(64 images\)'),
+    # Progressive learning settings (the run has 1 epoch; 8-pixel digits).
+    override('more progressive-learning stages than epochs', ['algorithms=[{progressive_learning: {num_stages: 2, '
+                                                              'image_size: [8, 16]}}]'],
+             r'progressive_learning.num_stages: 2: more stages than the run has epochs \(1\); use at most 1'),
+    override('progressive image sizes that shrink', ['max_duration=2ep', 'algorithms=[{progressive_learning: '
+                                                     '{num_stages: 2, image_size: [16, 8]}}]'],
+             r'progressive_learning.image_size: \[16, 8\]: must be positive whole numbers of pixels, the first '
+             r'smaller than the last \(progressive learning grows'),
+    override('a progressive image size that is not positive', ['max_duration=2ep', 'algorithms=[{progressive_learning'
+                                                               ': {num_stages: 2, image_size: [0, 8]}}]'],
+             r'progressive_learning.image_size: \[0, 8\]: must be positive whole numbers of pixels'),
+    override('a progressive range of three values', ['max_duration=2ep', 'algorithms=[{progressive_learning: '
+                                                     '{num_stages: 2, dropout: [0.1, 0.2, 0.3]}}]'],
+             r'progressive_learning.dropout: \[0.1, 0.2, 0.3\]: must be 2 values, the first and the last stage'),
+    override('a RandAugment range without RandAugment', ['max_duration=2ep', 'algorithms=[{progressive_learning: '
+                                                         '{num_stages: 2, randaugment_magnitude: [5, 15]}}]'],
+             r'progressive_learning.randaugment_magnitude: the training data \(train_dataset.digits\) does not use '
+             r'RandAugment; set its augment: randaugment'),
     override('exponent that is not a number', ['optimizers.sgd.lr=1e-3x'],
              r"optimizers.sgd.lr: must be float or Tensor, got '1e-3x'"),
     override('override into a scalar', ['max_duration.epochs=3'],
@@ -401,6 +419,9 @@ TABLE: List[BadInput] = [
             r"model.efficientnet_b0: Pretrained weights '.*weights.pt' is a directory; give the weights file in it"),
     weights('not a torch file', lambda path: path.write_bytes(b'not a checkpoint'),
             r"model.efficientnet_b0: Could not read pretrained weights file '.*weights.pt'"),
+    weights('weights that would run code', code_running_checkpoint,
+            r"model.efficientnet_b0: Pretrained weights file '.*weights.pt' would run code when loaded \(it needs "
+            r'posix.system\): a weights file is a state dict'),
     weights('not a state dict', lambda path: torch.save([1, 2, 3], path),
             r"model.efficientnet_b0: Pretrained weights file '.*' does not hold a state dict of tensors"),
     weights('unknown format', lambda path: torch.save({'encoder.weight': torch.zeros(1)}, path),
