@@ -116,3 +116,15 @@ def test_readme_detection_example_trains_two_steps():
     assert list(pyramid) == ['0', '1', '2', '3', 'pool']
     assert [m.shape[-1] for m in pyramid.values()] == [16, 8, 4, 2, 1]
     assert body.stem.conv.weight.grad is not None  # the backbone trains with the detector
+
+
+def test_memory_efficient_features_equal_the_default_ones_and_their_gradients():
+    lean = EfficientNet.from_name('efficientnet_b0', features_only=True, out_indices=(3, 4), memory_efficient=True,
+                                  drop_connect_rate=0.0)
+    default = EfficientNet.from_name('efficientnet_b0', features_only=True, out_indices=(3, 4), drop_connect_rate=0.0)
+    default.load_state_dict(lean.state_dict())
+    images = torch.randn(2, 3, 32, 32)
+    for model in (lean, default):
+        sum(level.square().sum() for level in model(images)).backward()
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(lean(images), default(images)))
+    assert torch.allclose(lean.stem.conv.weight.grad, default.stem.conv.weight.grad, rtol=1e-4, atol=1e-6)
