@@ -9,8 +9,10 @@ Trainer callback (outside the Trainer step's timing), and the ratio is taken per
 benchmark's own (``composer_efficientnet.benchmark``).
 
 Usage (from the repository root): ``python benchmarks/cpu_ab.py --pairs 12 --batch-size 32 --resolution 224
-[--model efficientnet_v2_s] [--threads 1] [--peer torchvision] [--trainer ours] [--json PATH]``. It also reports the
-activation bytes per image each model keeps for its backward pass.
+[--model efficientnet_v2_s] [--threads 1] [--peer torchvision] [--trainer ours] [--memory-efficient] [--json PATH]``.
+It also reports the activation MB (10**6 bytes, float32) per image each model keeps for its backward pass.
+``--memory-efficient`` builds the Trainer's model memory-efficient; ``--lean-ab`` instead times our default and
+memory-efficient models against each other in the plain loop (issue 17's cost of the lean mode).
 """
 
 from __future__ import annotations
@@ -53,28 +55,11 @@ class PeerTurns(Callback):
         self.peer_s.append(self._resumed - ended)
 
 
-def activation_bytes_per_image(model: torch.nn.Module, settings: bench.Settings, images: int = 2) -> float:
-    """Bytes of the tensors autograd saves for backward in one training forward, per image (parameters, and
-    storage saved twice, counted once), at the settings' resolution and memory format."""
-    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: Dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameters:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    batch = torch.randn(images, 3, settings.resolution, settings.resolution).to(memory_format=settings.memory_format)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        model.train()(batch)
-    return sum(saved.values()) / images
-
-
-def run_pairs(settings: bench.Settings, trainer_row: str, peer: str, pairs: int, warmup: int) -> Dict[str, object]:
+def run_pairs(settings: bench.Settings, trainer_row: str, peer: str, pairs: int, warmup: int,
+              memory_efficient: bool = False) -> Dict[str, object]:
     """Alternate ``warmup + pairs`` Trainer and peer steps; the per-pair ratios skip the warm-up pairs."""
     turns = PeerTurns(peer, settings)
-    model = composer_efficientnet(settings.model, num_classes=bench.NUM_CLASSES)
+    model = composer_efficientnet(settings.model, num_classes=bench.NUM_CLASSES, memory_efficient=memory_efficient)
     algorithms = [SampleStochasticDepth(drop_rate=bench.DROP_RATE), LabelSmoothing(smoothing=bench.LABEL_SMOOTHING)]
     if settings.channels_last:
         algorithms.append(ChannelsLast())
@@ -93,10 +78,33 @@ def run_pairs(settings: bench.Settings, trainer_row: str, peer: str, pairs: int,
             'ours_step_s': ours, 'peer_step_s': theirs}
 
 
+def run_lean_pairs(settings: bench.Settings, pairs: int, warmup: int) -> Dict[str, object]:
+    """Plain-loop steps of our default and memory-efficient models (same weights), taking turns (the first of a
+    pair alternating); the per-pair ratios ``lean / default`` of step times skip the warm-up pairs."""
+    models = {impl: bench.build_loop_model(impl, settings.model).to(memory_format=settings.memory_format).train()
+              for impl in ('ours-loop', 'ours-lean-loop')}
+    models['ours-lean-loop'].load_state_dict(models['ours-loop'].state_dict())
+    optimizers = {impl: torch.optim.SGD(model.parameters(), **bench.SGD_ARGS) for impl, model in models.items()}
+    batch = bench.make_batch(settings, torch.device('cpu'))
+    seconds: Dict[str, List[float]] = {impl: [] for impl in models}
+    for pair in range(warmup + pairs):
+        for impl in list(models)[::-1 if pair % 2 else 1]:
+            start = time.perf_counter()
+            bench.loop_step(models[impl], optimizers[impl], batch, settings)
+            seconds[impl].append(time.perf_counter() - start)
+    default, lean = seconds['ours-loop'][warmup:], seconds['ours-lean-loop'][warmup:]
+    ratios = [b / a for a, b in zip(default, lean)]  # > 1: the lean step is slower
+    return {'default_images_per_s': settings.batch_size / statistics.median(default),
+            'lean_images_per_s': settings.batch_size / statistics.median(lean),
+            'median_pair_ratio_lean_over_default': statistics.median(ratios), 'pair_ratios': ratios,
+            'default_step_s': default, 'lean_step_s': lean}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--model', default='efficientnet_b0')
-    parser.add_argument('--peer', choices=('torchvision', 'timm', 'ours-loop'), default='torchvision')
+    parser.add_argument('--peer', choices=('torchvision', 'timm', 'ours-loop', 'ours-lean-loop'), default='torchvision')
+    parser.add_argument('--memory-efficient', action='store_true', help='the Trainer\'s model memory_efficient')
     parser.add_argument('--trainer', choices=tuple(bench.TRAINERS), default='ours')
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--resolution', type=int, default=224)
@@ -104,6 +112,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--threads', type=int, help='torch threads (default: torch\'s own)')
     parser.add_argument('--channels-last', action='store_true', help='channels_last input and peer model')
+    parser.add_argument('--lean-ab', action='store_true', help='instead: our default and memory-efficient models '
+                        'in a plain loop, taking turns (issue 17\'s cost of the lean mode)')
     parser.add_argument('--json', metavar='PATH')
     args = parser.parse_args(argv)
     if args.threads:
@@ -112,17 +122,38 @@ def main(argv: Optional[List[str]] = None) -> int:
                               precision='fp32', channels_last=args.channels_last, warmup=args.warmup, steps=1,
                               windows=args.pairs, compile=False, rows=(args.trainer, args.peer))
     torch.manual_seed(settings.seed)
-    activations = {'ours': activation_bytes_per_image(bench.build_loop_model('ours-loop', args.model), settings),
-                   args.peer: activation_bytes_per_image(bench.build_loop_model(args.peer, args.model), settings)}
+    if args.lean_ab:
+        return lean_ab(settings, args)
+    ours = 'ours-lean-loop' if args.memory_efficient else 'ours-loop'
+    activations = {'ours': bench.row_activation_mb(ours, settings),
+                   args.peer: bench.row_activation_mb(args.peer, settings)}
     result = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
               'device': bench.device_name(torch.device('cpu')), 'versions': bench.versions(), 'peer': args.peer,
-              'settings': vars(args), 'activation_bytes_per_image': activations,
-              **run_pairs(settings, args.trainer, args.peer, args.pairs, args.warmup)}
-    print(f"{result['device']}, batch {args.batch_size}, {args.resolution}x{args.resolution}, fp32: {args.trainer} "
+              'settings': vars(args), 'activation_mb_per_image': activations,
+              **run_pairs(settings, args.trainer, args.peer, args.pairs, args.warmup, args.memory_efficient)}
+    print(f"{result['device']}, batch {args.batch_size}, {args.resolution}x{args.resolution}, fp32: {args.trainer}"
+          f"{' (memory_efficient)' if args.memory_efficient else ''} "
           f"{result['ours_images_per_s']:.2f} images/s, {args.peer} (plain loop) {result['peer_images_per_s']:.2f}; "
           f"median per-pair ratio ours/{args.peer} {result['median_pair_ratio']:.3f} over {args.pairs} pairs; "
-          f"activations per image: ours {activations['ours'] / 2**20:.1f} MiB, {args.peer} "
-          f"{activations[args.peer] / 2**20:.1f} MiB")
+          f"activations per image: ours {activations['ours']:.1f} MB, {args.peer} {activations[args.peer]:.1f} MB")
+    if args.json:
+        with open(args.json, 'w') as file:
+            json.dump(result, file, indent=2)
+    return 0
+
+
+def lean_ab(settings: bench.Settings, args: argparse.Namespace) -> int:
+    """``--lean-ab``: run and print :func:`run_lean_pairs`, with both models' activation MB per image."""
+    activations = {impl: bench.row_activation_mb(impl, settings) for impl in ('ours-loop', 'ours-lean-loop')}
+    result = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+              'device': bench.device_name(torch.device('cpu')), 'versions': bench.versions(),
+              'settings': vars(args), 'activation_mb_per_image': activations,
+              **run_lean_pairs(settings, args.pairs, args.warmup)}
+    print(f"{result['device']}, batch {args.batch_size}, {args.resolution}x{args.resolution}, fp32, plain loop: "
+          f"default {result['default_images_per_s']:.2f} images/s, memory_efficient {result['lean_images_per_s']:.2f}; "
+          f"median per-pair step-time ratio lean/default {result['median_pair_ratio_lean_over_default']:.3f} over "
+          f"{args.pairs} pairs; activations per image: default {activations['ours-loop']:.1f} MB, lean "
+          f"{activations['ours-lean-loop']:.1f} MB")
     if args.json:
         with open(args.json, 'w') as file:
             json.dump(result, file, indent=2)

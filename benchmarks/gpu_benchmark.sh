@@ -4,8 +4,10 @@
 # while time is left, B4 at 380x380 batch 64 eager (ours vs timm) and a B0 diagnostic, eager: our model through
 # Composer's own Trainer and in the plain loop, against torchvision; then ours and timm eager with
 # cudnn.benchmark off (the default turns it on for every row); then EfficientNetV2-S at its training size (300x300,
-# batch 256, bf16), ours, torchvision and timm, eager and compiled. Every run writes JSON and a log under $OUT; the
-# tables of all runs come last.
+# batch 256, bf16), ours, torchvision and timm, eager and compiled. Right after the first B0 run come issue 17's lean
+# rows (memory_efficient=True, ``ours-lean``): B0 against torchvision and timm, and B4 at 380x380 batch 64 beside our
+# default mode and timm, eager and compiled; give BUDGET_S=570 to leave time for the rest. Every run writes JSON and
+# a log under $OUT; the tables of all runs come last.
 #
 # Run from the repository root on the GPU machine after the wheel install line of
 # ../shared/offline-gpu/README.md, which puts the project and Composer on PYTHONPATH.
@@ -47,6 +49,10 @@ python3 -c 'import torch, composer; print("torch", torch.__version__, "composer"
   | tee -a "$OUT/status.txt"
 
 bench b0 330 --model efficientnet_b0
+# Issue 17's lean rows: memory_efficient=True through SyncFreeTrainer against the peers, eager and compiled.
+optional b0-lean 150 --model efficientnet_b0 --rows ours-lean,torchvision,timm --no-sync-check
+optional b4-lean 180 --model efficientnet_b4 --resolution 380 --batch-size 64 --rows ours-lean,ours,timm \
+  --no-sync-check
 optional b4 70 --model efficientnet_b4 --resolution 380 --batch-size 64 --rows ours,timm --no-compile \
   --no-sync-check
 optional b0-diagnostic 60 --model efficientnet_b0 --rows ours-composer,ours-loop,torchvision --no-compile \
@@ -56,7 +62,7 @@ optional b0-no-cudnn-benchmark 45 --model efficientnet_b0 --rows ours,timm --no-
 optional v2-s 150 --model efficientnet_v2_s --no-sync-check
 
 reports=()
-for name in b0 b4 b0-diagnostic b0-no-cudnn-benchmark v2-s; do
+for name in b0 b0-lean b4-lean b4 b0-diagnostic b0-no-cudnn-benchmark v2-s; do
   [[ -s "$OUT/$name.json" ]] && reports+=("$OUT/$name.json")
 done
 echo

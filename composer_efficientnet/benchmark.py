@@ -14,6 +14,11 @@ loop, never by data loading. Rows:
 * ``ours-loop`` (diagnostic, not run by default): this package's module in the same plain loop, which
   splits the Trainer's cost from the model's.
 * ``ours-composer`` (diagnostic, not run by default): as ``ours``, through Composer's own ``Trainer``.
+* ``ours-lean`` and ``ours-lean-loop`` (``--memory-efficient`` adds them): as ``ours`` and ``ours-loop``, the
+  model built with ``memory_efficient=True``.
+
+Every row also reports the activation megabytes per image its model keeps for backward (float32, counted with
+saved-tensor hooks on the meta device, so the figure is the same on every machine), beside images/s and peak memory.
 
 Trainer rows also count the host reads of device values per step (``HostReads``), in a few untimed steps
 after the timed ones, eager only (the counter intercepts every torch call, which compiled code would guard on).
@@ -72,11 +77,14 @@ IMPLEMENTATIONS = {
     'ours': 'ours, SyncFreeTrainer',
     'ours-loop': 'ours, plain loop',
     'ours-composer': 'ours, composer.Trainer',
+    'ours-lean': 'ours lean, SyncFreeTrainer',
+    'ours-lean-loop': 'ours lean, plain loop',
     'torchvision': 'torchvision, plain loop',
     'timm': 'timm, plain loop',
 }
 PEERS = ('torchvision', 'timm')
-TRAINERS = {'ours': SyncFreeTrainer, 'ours-composer': Trainer}
+TRAINERS = {'ours': SyncFreeTrainer, 'ours-composer': Trainer, 'ours-lean': SyncFreeTrainer}
+LEAN_ROWS = ('ours-lean', 'ours-lean-loop')  # memory_efficient=True; --memory-efficient adds them
 READ_COUNT_STEPS = 3  # untimed steps after the timed ones; the last is not counted (run ends may read)
 DEFAULT_ROWS = ('ours', 'torchvision', 'timm')
 MODES = ('eager', 'compiled')
@@ -141,6 +149,7 @@ class Row:
     memory_ratio: Optional[float] = None
     reference: Optional[str] = None
     host_reads_per_step: Optional[int] = None
+    activation_mb_per_image: Optional[float] = None
     error: Optional[str] = None
 
     @property
@@ -224,8 +233,9 @@ def autocast(settings: Settings) -> contextlib.AbstractContextManager:
 
 def build_loop_model(impl: str, name: str) -> nn.Module:
     """The member ``name`` from ``impl``, with stochastic depth 0.2 and the member's classifier dropout."""
-    if impl == 'ours-loop':
-        return EfficientNet.from_name(name, num_classes=NUM_CLASSES, drop_connect_rate=DROP_RATE)
+    if impl in ('ours-loop', 'ours-lean-loop'):
+        return EfficientNet.from_name(name, num_classes=NUM_CLASSES, drop_connect_rate=DROP_RATE,
+                                      memory_efficient=impl in LEAN_ROWS)
     if impl == 'torchvision':  # its default stochastic depth: 0.2, sample-wise ('row'), linear over blocks
         return getattr(torchvision.models, name)(weights=None, num_classes=NUM_CLASSES)
     if impl == 'timm':  # timm spells V2 efficientnetv2_s
@@ -266,7 +276,7 @@ def run_trainer(impl: str, mode: str, settings: Settings, device: torch.device,
 
     No evaluation, checkpointing, progress bar or logger; the microbatch is the batch.
     """
-    model = build_composer_model(settings.model, num_classes=NUM_CLASSES)
+    model = build_composer_model(settings.model, num_classes=NUM_CLASSES, memory_efficient=impl in LEAN_ROWS)
     algorithms = [SampleStochasticDepth(drop_rate=DROP_RATE), LabelSmoothing(smoothing=LABEL_SMOOTHING)]
     if settings.channels_last:
         algorithms.append(ChannelsLast())
@@ -323,6 +333,7 @@ def run_row(impl: str, mode: str, settings: Settings, device: torch.device) -> R
     row = Row(impl, mode)
     start = time.perf_counter()
     try:
+        row.activation_mb_per_image = row_activation_mb(impl, settings)
         if impl in TRAINERS:
             seconds, row.host_reads_per_step = run_trainer(impl, mode, settings, device)
         else:
@@ -336,6 +347,15 @@ def run_row(impl: str, mode: str, settings: Settings, device: torch.device) -> R
         traceback.print_exc()
     row.wall_s = time.perf_counter() - start
     return row
+
+
+def row_activation_mb(impl: str, settings: Settings) -> float:
+    """Megabytes (10**6 bytes) per image that ``impl``'s model keeps for backward at the settings' resolution and
+    memory format, counted in float32 on the meta device: the same figure on every machine."""
+    loop_impl = {'ours': 'ours-loop', 'ours-composer': 'ours-loop', 'ours-lean': 'ours-lean-loop'}.get(impl, impl)
+    with torch.device('meta'):
+        model = build_loop_model(loop_impl, settings.model)
+    return activation_bytes_per_image(model, settings.resolution, settings.channels_last) / 1e6
 
 
 def add_ratios(rows: Sequence[Row]) -> None:
@@ -514,8 +534,8 @@ def format_table(result: Dict[str, Any]) -> str:
               f"{', cudnn.benchmark' if settings.get('cudnn_benchmark') else ''}; "
               f"torch {result['versions']['torch']}, "
               f"composer {result['versions']['composer']}")
-    lines = [header, f"{'row':<26}{'mode':<10}{'images/s':>10}{'spread':>8}{'peak GiB':>10}{'x peer':>8}"
-                     f"{'mem x':>7}{'reads':>7}  vs"]
+    lines = [header, f"{'row':<28}{'mode':<10}{'images/s':>10}{'spread':>8}{'peak GiB':>10}{'x peer':>8}"
+                     f"{'mem x':>7}{'act MB':>8}{'reads':>7}  vs"]
     for row in result['rows']:
         lines.append(_format_row(row))
     for impl, why in result.get('skipped', {}).items():
@@ -528,12 +548,13 @@ def format_table(result: Dict[str, Any]) -> str:
 def _format_row(row: Dict[str, Any]) -> str:
     label = row['description']
     if row['error']:
-        return f"{label:<26}{row['mode']:<10}  failed: {row['error']}"
+        return f"{label:<28}{row['mode']:<10}  failed: {row['error']}"
     windows = row['window_images_per_s']
     spread = (max(windows) - min(windows)) / row['images_per_s']
-    return (f"{label:<26}{row['mode']:<10}{row['images_per_s']:>10,.1f}{spread:>8.1%}"
+    return (f"{label:<28}{row['mode']:<10}{row['images_per_s']:>10,.1f}{spread:>8.1%}"
             f"{_number(row['peak_memory_gib'], '.2f'):>10}{_number(row['ratio'], '.3f'):>8}"
-            f"{_number(row['memory_ratio'], '.2f'):>7}{_number(row.get('host_reads_per_step'), 'd'):>7}"
+            f"{_number(row['memory_ratio'], '.2f'):>7}{_number(row.get('activation_mb_per_image'), '.1f'):>8}"
+            f"{_number(row.get('host_reads_per_step'), 'd'):>7}"
             f"  {row['reference'] or ''}")
 
 
@@ -614,6 +635,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help='let cuDNN time convolution algorithms, for every row (default: on a GPU)')
     parser.add_argument('--rows', type=_row_list, default=DEFAULT_ROWS,
                         help=f"comma-separated, from {', '.join(IMPLEMENTATIONS)} (default: {','.join(DEFAULT_ROWS)})")
+    parser.add_argument('--memory-efficient', action='store_true',
+                        help='add the rows of our memory-efficient mode: ours-lean (and ours-lean-loop with ours-loop)')
     parser.add_argument('--sync-check', action=argparse.BooleanOptionalAction, default=True,
                         help='check on CUDA that our model step makes no host-device sync (default: on)')
     parser.add_argument('--json', metavar='PATH', help='write the results there as JSON')
@@ -635,7 +658,10 @@ def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
     chosen['resolution'] = chosen['resolution'] or MEMBERS[model].resolution
     if chosen['precision'] == 'bf16' and device != 'cuda':
         parser.error('--precision bf16 is measured with CUDA autocast; use fp32 on the CPU')
-    return Settings(model=model, device=device, rows=args.rows, **chosen)
+    rows = args.rows
+    if args.memory_efficient:
+        rows = tuple(dict.fromkeys(rows + ('ours-lean',) + (('ours-lean-loop',) if 'ours-loop' in rows else ())))
+    return Settings(model=model, device=device, rows=rows, **chosen)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -1,14 +1,15 @@
 """memory_efficient: a fraction of torchvision's activations, the same training (outputs, gradients, BatchNorm
 statistics, stochastic depth), the same state dict, a plain evaluation path."""
 
-import copy
+import json
 
 import pytest
 import torch
 import torchvision
 
-from composer_efficientnet import EfficientNet, composer_efficientnet
+from composer_efficientnet import EfficientNet, benchmark, composer_efficientnet
 from composer_efficientnet.benchmark import activation_bytes_per_image
+from composer_efficientnet.cli import memory_table
 from composer_efficientnet.registry import REGISTRIES
 
 
@@ -143,3 +144,28 @@ def test_composer_model_and_recipe_builders_take_the_option():
     built = REGISTRIES['models'].get('efficientnet_v2_s')(num_classes=10, memory_efficient=True)
     assert all(block.memory_efficient for block in built.module.blocks())
     assert not REGISTRIES['models'].get('efficientnet_b0')(num_classes=10).module.stem.memory_efficient
+
+
+def test_benchmark_memory_efficient_adds_lean_rows_with_activation_megabytes(tmp_path):
+    path = tmp_path / 'bench.json'
+    assert benchmark.main(['--device', 'cpu', '--resolution', '32', '--batch-size', '2', '--warmup', '1', '--steps',
+                           '1', '--windows', '1', '--rows', 'ours-loop,torchvision', '--memory-efficient',
+                           '--json', str(path)]) == 0
+    rows = {row['impl']: row for row in json.loads(path.read_text())['rows']}
+    assert list(rows) == ['ours-loop', 'torchvision', 'ours-lean', 'ours-lean-loop']
+    assert all(row['error'] is None and row['images_per_s'] > 0 for row in rows.values())
+    megabytes = {impl: row['activation_mb_per_image'] for impl, row in rows.items()}
+    assert megabytes['ours-loop'] == megabytes['torchvision'] > 0
+    assert megabytes['ours-lean'] == megabytes['ours-lean-loop'] <= 0.40 * megabytes['torchvision']
+
+
+def test_info_memory_reports_b0_at_224_with_a_larger_lean_batch(capsys):
+    header, b0 = memory_table(['efficientnet_b0'])
+    assert header[:4] == ['member', 'px', 'default MB/img', 'lean MB/img']
+    assert b0[:3] == ['efficientnet_b0', '224', '88.4']  # the figure torchvision's B0 keeps too (issue 17)
+    assert float(b0[4]) <= 0.40 and int(b0[6]) > 2.5 * int(b0[5]) > 0
+    with torch.device('meta'):
+        model = EfficientNet.from_name('efficientnet_b0')
+        activations = activation_bytes_per_image(model, 224)
+    weights_and_state = 14 * sum(p.numel() for p in model.parameters())  # fp32 weight, grad, momentum; bf16 copy
+    assert int(b0[5]) == int((80e9 - weights_and_state) // (activations / 2))
