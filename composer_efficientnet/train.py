@@ -50,7 +50,8 @@ def build_trainer(recipe: Recipe) -> Trainer:
     microbatch = 'auto' if accum == 'auto' else (
         settings['train_batch_size'] // recipe.world_size // accum if accum else None)
     trainer_class = SyncFreeTrainer if settings.get('sync_free', True) else Trainer
-    classes = getattr(train_data.dataloader.dataset, 'classes', None)  # recorded in checkpoints for predict
+    # recorded in checkpoints for predict (synthetic data's loader has no dataset)
+    classes = getattr(getattr(train_data.dataloader, 'dataset', None), 'classes', None)
     return checkpoint_must_fit(recipe, resumed or settings.get('load_path'), lambda: trainer_class(
         model=model, train_dataloader=train_data, eval_dataloader=eval_data,
         optimizers=recipe.optimizer.build(model.parameters()),
