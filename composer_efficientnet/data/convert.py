@@ -142,6 +142,12 @@ def _fresh_root(path: str) -> Optional[str]:
     return root
 
 
+def _existing_part(path: str) -> str:
+    """``path``, or its nearest ancestor that exists."""
+    root = _fresh_root(path)
+    return os.path.dirname(root) if root else os.path.abspath(path)
+
+
 def _undo(split_out: str, fresh_root: Optional[str]) -> None:
     """Remove what a failed conversion wrote for one split: the directories it created, or its files."""
     if fresh_root is not None:
@@ -222,6 +228,9 @@ def convert_imagefolder_to_mds(src: str, out: str, *, split: Optional[str] = Non
     outs = {name: split_location(out, name) for name in split_dirs}
     scanned = {}
     for name, split_dir in split_dirs.items():  # check everything first: a bad tree leaves no shards behind
+        if not is_url(outs[name]) and not os.path.isdir(_existing_part(outs[name])):
+            raise NotADirectoryError(f'{out}: {_existing_part(outs[name])} is a file; expected a directory (empty or '
+                                     'missing) for the shards of each split.')
         if not is_url(outs[name]) and os.path.isdir(outs[name]) and os.listdir(outs[name]):
             raise FileExistsError(f'{outs[name]}: output directory is not empty; expected an empty or missing '
                                   'directory (remove it to convert again).')
