@@ -26,6 +26,7 @@ PARAMS = {
     'ghost_batchnorm': {'ghost_batch_size': 4},
     'gradient_clipping': {'clipping_type': 'norm', 'clipping_threshold': 1.0},
     'gyro_dropout': {'sigma': 2, 'tau': 4},
+    'progressive_learning': {'num_stages': 1, 'image_size': [8, 16], 'dropout': [0.1, 0.2]},  # 1ep: the last
     'selective_backprop': {'start': 0.0, 'end': 1.0, 'interrupt': 0},
     'stochastic_depth': {'target_layer_name': 'EfficientNetMBConv', 'stochastic_method': 'sample'},
     'swa': {'swa_start': '0.4dur', 'swa_end': '0.9dur', 'update_interval': '1ba'},
