@@ -22,8 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-__all__ = ['InferenceModel', 'load_for_inference', 'recipe_eval_transform', 'imagenet_class_names', 'export_model',
-           'run_exported', 'FORMATS', 'main']
+__all__ = ['InferenceModel', 'load_for_inference', 'recipe_eval_transform', 'with_imagenet_defaults',
+           'imagenet_class_names', 'export_model', 'read_metadata', 'run_exported', 'FORMATS', 'main']
 
 #: Export formats and the file ending each is written with by default.
 FORMATS = {'onnx': '.onnx', 'torchscript': '.ts', 'export': '.pt2'}
@@ -68,11 +68,11 @@ def recipe_eval_transform(recipe: Any) -> Dict[str, Any]:
     else:
         crop = params.get('crop_size') or recipe.model_resolution
         resize = val_resize_size(crop, params.get('resize_size', -1))
-    return _with_imagenet_defaults({'crop_size': crop, 'resize_size': resize, 'mean': params.get('mean'),
+    return with_imagenet_defaults({'crop_size': crop, 'resize_size': resize, 'mean': params.get('mean'),
                                     'interpolation': params.get('interpolation', 'bilinear'), 'std': params.get('std')})
 
 
-def _with_imagenet_defaults(transform: Dict[str, Any]) -> Dict[str, Any]:
+def with_imagenet_defaults(transform: Dict[str, Any]) -> Dict[str, Any]:
     """``transform`` with ImageNet's mean and std where it gives none, as the datasets normalize."""
     from composer_efficientnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
     return {**transform, 'mean': list(transform['mean'] or IMAGENET_MEAN),
@@ -133,7 +133,7 @@ def _from_weights(path: str) -> InferenceModel:
     source = detect_format(state_dict)
     names = (class_names_in(read_checkpoint(path)) if source == 'composer_efficientnet' and not path.endswith(
         '.safetensors') else _source_class_names(source, num_classes))
-    return InferenceModel(module.eval(), member, path, _with_imagenet_defaults(MEMBERS[member].eval_transform()),
+    return InferenceModel(module.eval(), member, path, with_imagenet_defaults(MEMBERS[member].eval_transform()),
                           names)
 
 

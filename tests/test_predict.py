@@ -13,7 +13,7 @@ import yaml
 from composer_efficientnet import cli, train
 from composer_efficientnet.callbacks.class_names import class_names_in
 from composer_efficientnet.data.transforms import NormalizeOnDevice
-from composer_efficientnet.export import _with_imagenet_defaults, imagenet_class_names
+from composer_efficientnet.export import with_imagenet_defaults, imagenet_class_names
 from composer_efficientnet.efficientnet import MEMBERS
 from composer_efficientnet.predict import read_images
 from composer_efficientnet.safe_load import read_checkpoint
@@ -65,7 +65,7 @@ def test_torchvision_weights_predict_imagenet_names_with_its_eval_transform(tmp_
     out = tmp_path / 'p.json'
     assert cli.main(['predict', str(weights), image, '--top', '1', '--json', str(out)]) == 0
     top = json.loads(out.read_text())['predictions'][0]['top'][0]
-    transform = _with_imagenet_defaults(MEMBERS['efficientnet_b0'].eval_transform())
+    transform = with_imagenet_defaults(MEMBERS['efficientnet_b0'].eval_transform())
     batch, _ = NormalizeOnDevice(transform['mean'], transform['std'])((read_images([image], transform), None))
     assert batch.shape == (1, 3, 224, 224)
     with torch.no_grad():
@@ -76,6 +76,15 @@ def test_torchvision_weights_predict_imagenet_names_with_its_eval_transform(tmp_
 
 
 def test_v2_l_weights_evaluate_with_torchvisions_mean_and_std():
-    transform = _with_imagenet_defaults(MEMBERS['efficientnet_v2_l'].eval_transform())
+    transform = with_imagenet_defaults(MEMBERS['efficientnet_v2_l'].eval_transform())
     assert transform == {'crop_size': 480, 'resize_size': 480, 'interpolation': 'bicubic', 'mean': [0.5] * 3,
                          'std': [0.5] * 3}
+
+
+def test_a_runs_checkpoint_given_as_weights_names_its_classes(run, tmp_path):
+    out = tmp_path / 'p.json'
+    image = str(run['tree'] / 'val' / 'cat' / '0.jpg')
+    assert cli.main(['predict', run['checkpoint'], image, '--top', '3', '--json', str(out)]) == 0
+    top = json.loads(out.read_text())['predictions'][0]['top']
+    assert sorted(entry['class'] for entry in top) == sorted(CLASSES)
+    assert sum(entry['probability'] for entry in top) == pytest.approx(1.0, abs=1e-5)
