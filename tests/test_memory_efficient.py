@@ -2,14 +2,17 @@
 statistics, stochastic depth), the same state dict, a plain evaluation path."""
 
 import json
+import pathlib
 
 import pytest
 import torch
 import torchvision
+import yaml
 
 from composer_efficientnet import EfficientNet, benchmark, composer_efficientnet
 from composer_efficientnet.benchmark import activation_bytes_per_image
 from composer_efficientnet.cli import memory_table
+from composer_efficientnet.recipe import RecipeError, validate
 from composer_efficientnet.registry import REGISTRIES
 
 
@@ -169,3 +172,12 @@ def test_info_memory_reports_b0_at_224_with_a_larger_lean_batch(capsys):
         activations = activation_bytes_per_image(model, 224)
     weights_and_state = 14 * sum(p.numel() for p in model.parameters())  # fp32 weight, grad, momentum; bf16 copy
     assert int(b0[5]) == int((80e9 - weights_and_state) // (activations / 2))
+
+
+def test_recipes_take_memory_efficient_as_a_model_parameter():
+    config = yaml.safe_load((pathlib.Path(__file__).parents[1] / 'recipes' / 'quickstart.yaml').read_text())
+    config['model']['efficientnet_b0']['memory_efficient'] = True
+    assert validate(config).model.params['memory_efficient'] is True
+    config['model']['efficientnet_b0']['memory_efficient'] = 'yes'
+    with pytest.raises(RecipeError, match='memory_efficient'):
+        validate(config)
