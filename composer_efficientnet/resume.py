@@ -60,11 +60,15 @@ def _resolved(entry: Entry) -> Dict[str, Any]:
     return json.loads(json.dumps({'': name, **params}, default=str, sort_keys=True))
 
 
+#: Model parameters that change how a model computes, not what it learns: a run may resume with another value.
+HOW_NOT_WHAT = ('memory_efficient',)
+
+
 def run_identity(recipe: Recipe) -> Dict[str, Any]:
     """What a resumed run must share with the run that wrote the checkpoint, as flat ``key: value`` pairs."""
     model = _resolved(recipe.model)
     identity = {'model': model.pop('')}
-    identity.update({f'model.{name}': value for name, value in model.items()})
+    identity.update({f'model.{name}': value for name, value in model.items() if name not in HOW_NOT_WHAT})
     identity.update({'optimizers': recipe.optimizer.name, 'train_dataset': recipe.train_dataset.name,
                      'train_batch_size': recipe.settings['train_batch_size']})
     return identity

@@ -324,8 +324,15 @@ def test_checkpoints_record_the_recipe(resumable):
         'model.dropout': None, 'model.num_classes': 10, 'model.pretrained': None, 'optimizers': 'sgd',
         'train_dataset': 'digits', 'train_batch_size': 16}
 
-if __name__ == '__main__':
-    sys.exit(_probe_main(sys.argv[1], sys.argv[2:]))
+
+def test_memory_efficient_may_change_on_resume():
+    """It changes how the model computes, not its weights or what it learns: not part of the run's identity."""
+    from composer_efficientnet.recipe import load_recipe, validate
+    from composer_efficientnet.resume import run_identity
+    identities = [run_identity(validate(load_recipe(QUICKSTART, [f'model.efficientnet_b0.memory_efficient={value}'])))
+                  for value in ('true', 'false')]
+    assert identities[0] == identities[1] and 'model.memory_efficient' not in identities[0]
+
 
 
 def test_rerunning_a_finished_run_trains_nothing_and_succeeds(resumable, capsys):
@@ -397,3 +404,7 @@ def test_training_curves_without_a_save_folder_write_nothing_and_say_so(tmp_path
     assert [record.getMessage() for record in caplog.records] == [
         "training_curves: no training_curves.png is written, as the run has no save_folder; set one, or the "
         "callback's folder"]
+
+
+if __name__ == '__main__':
+    sys.exit(_probe_main(sys.argv[1], sys.argv[2:]))
