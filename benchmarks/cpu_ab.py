@@ -127,36 +127,40 @@ def main(argv: Optional[List[str]] = None) -> int:
     ours = 'ours-lean-loop' if args.memory_efficient else 'ours-loop'
     activations = {'ours': bench.row_activation_mb(ours, settings),
                    args.peer: bench.row_activation_mb(args.peer, settings)}
-    result = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-              'device': bench.device_name(torch.device('cpu')), 'versions': bench.versions(), 'peer': args.peer,
-              'settings': vars(args), 'activation_mb_per_image': activations,
+    result = {**_context(args, activations), 'peer': args.peer,
               **run_pairs(settings, args.trainer, args.peer, args.pairs, args.warmup, args.memory_efficient)}
     print(f"{result['device']}, batch {args.batch_size}, {args.resolution}x{args.resolution}, fp32: {args.trainer}"
           f"{' (memory_efficient)' if args.memory_efficient else ''} "
           f"{result['ours_images_per_s']:.2f} images/s, {args.peer} (plain loop) {result['peer_images_per_s']:.2f}; "
           f"median per-pair ratio ours/{args.peer} {result['median_pair_ratio']:.3f} over {args.pairs} pairs; "
           f"activations per image: ours {activations['ours']:.1f} MB, {args.peer} {activations[args.peer]:.1f} MB")
-    if args.json:
-        with open(args.json, 'w') as file:
-            json.dump(result, file, indent=2)
+    _write(result, args.json)
     return 0
+
+
+def _context(args: argparse.Namespace, activations: dict) -> dict:
+    """What every result records besides its timings: date, machine, versions, settings, activations."""
+    return {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+            'device': bench.device_name(torch.device('cpu')), 'versions': bench.versions(), 'settings': vars(args),
+            'activation_mb_per_image': activations}
+
+
+def _write(result: dict, path: str | None) -> None:
+    if path:
+        with open(path, 'w') as file:
+            json.dump(result, file, indent=2)
 
 
 def lean_ab(settings: bench.Settings, args: argparse.Namespace) -> int:
     """``--lean-ab``: run and print :func:`run_lean_pairs`, with both models' activation MB per image."""
     activations = {impl: bench.row_activation_mb(impl, settings) for impl in ('ours-loop', 'ours-lean-loop')}
-    result = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-              'device': bench.device_name(torch.device('cpu')), 'versions': bench.versions(),
-              'settings': vars(args), 'activation_mb_per_image': activations,
-              **run_lean_pairs(settings, args.pairs, args.warmup)}
+    result = {**_context(args, activations), **run_lean_pairs(settings, args.pairs, args.warmup)}
     print(f"{result['device']}, batch {args.batch_size}, {args.resolution}x{args.resolution}, fp32, plain loop: "
           f"default {result['default_images_per_s']:.2f} images/s, memory_efficient {result['lean_images_per_s']:.2f}; "
           f"median per-pair step-time ratio lean/default {result['median_pair_ratio_lean_over_default']:.3f} over "
           f"{args.pairs} pairs; activations per image: default {activations['ours-loop']:.1f} MB, lean "
           f"{activations['ours-lean-loop']:.1f} MB")
-    if args.json:
-        with open(args.json, 'w') as file:
-            json.dump(result, file, indent=2)
+    _write(result, args.json)
     return 0
 
 
