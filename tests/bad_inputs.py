@@ -492,3 +492,14 @@ TABLE: List[BadInput] = [
     cli('export into a missing folder', _inference('export', '--out', '{tmp}/none/model.onnx'),
         r"export: --out: '.*model.onnx' is a folder or is in a folder that does not exist", usage=False),
 ]
+
+# Rows of issue-21 topics, one file each (archives, shards, run lock, outputs, values, images), so that each
+# topic's rows stand beside its helpers; every row is a BadInput as above.
+for _topic in ('archives', 'shards', 'run_lock', 'outputs', 'values', 'images'):
+    try:
+        _module = __import__(f'tests.bad_inputs_{_topic}', fromlist=['ROWS'])
+    except ModuleNotFoundError as _error:
+        if _error.name != f'tests.bad_inputs_{_topic}':
+            raise
+        continue
+    TABLE.extend(_module.ROWS)
