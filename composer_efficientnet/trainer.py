@@ -22,6 +22,26 @@ from composer_efficientnet.callbacks.host_reads import earlier_step_read
 
 __all__ = ['SyncFreeTrainer']
 
+#: Composer 0.32.1's private names this module relies on, as (owner, name, the parameters we override or call it
+#: with, or ``'attribute'`` for one set in ``__init__``); tests/test_composer_private_api.py checks each still exists
+#: with those parameters. Overridden: the nine step and loop methods below; called: the last two, and the attributes.
+COMPOSER_PRIVATE_API = (
+    ('composer.Trainer', '_iter_dataloader', ('self', 'trainer_mode')),
+    ('composer.Trainer', '_accumulate_time_across_ranks', ('self', 'num_samples', 'num_tokens', 'batch_time')),
+    ('composer.Trainer', '_use_closures', ('self',)),
+    ('composer.Trainer', '_train_microbatches', ('self', 'microbatches', 'total_loss_dict', 'ddp_sync')),
+    ('composer.Trainer', '_eval_train_metrics', ('self', 'device_batch')),
+    ('composer.Trainer', '_train_batch', ('self', 'use_grad_scaling')),
+    ('composer.Trainer', '_compute_and_log_metrics', ('self', 'dataloader_label', 'metrics')),
+    ('composer.Trainer', '_run_evaluators', ('self', 'event')),
+    ('composer.Trainer', '_train_loop', ('self',)),
+    ('composer.Trainer', '_use_grad_scaling', ('self', 'precision', 'scaler')),
+    ('composer.Trainer', '_train_microbatch', ('self', 'use_grad_scaling', 'current_batch_size',
+                                               'is_final_microbatch')),
+    ('composer.Trainer', '_train_data_spec', 'attribute'),
+    ('composer.Trainer', '_original_model', 'attribute'),
+)
+
 #: Optimizers whose ``step`` only calls a closure to return the loss: stepping them without one is the same
 #: update, and saves Composer's ``.item()`` on the closure's loss.
 CLOSURE_FREE_OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop)

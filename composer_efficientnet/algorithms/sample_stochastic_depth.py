@@ -14,6 +14,12 @@ from composer.loggers import Logger
 from composer_efficientnet.efficientnet import DROP_DISTRIBUTIONS, block_drop_rates
 from composer_efficientnet.layers import FusedMBConv, MBConv, ResidualBlock
 
+#: Composer 0.32.1's private names this module relies on (tests/test_composer_private_api.py checks each): the table
+#: of block kinds Composer's ``StochasticDepth`` targets, which gets our blocks at import (``'mapping'``: a dict).
+COMPOSER_PRIVATE_API = (
+    ('composer.algorithms.stochastic_depth.stochastic_depth', '_STOCHASTIC_LAYER_MAPPING', 'mapping'),
+)
+
 __all__ = ['SampleStochasticDepth', 'apply_sample_stochastic_depth', 'block_drop_rates', 'DROP_DISTRIBUTIONS']
 
 log = logging.getLogger(__name__)
