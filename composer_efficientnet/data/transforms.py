@@ -9,7 +9,7 @@ measures both).
 from __future__ import annotations
 
 from collections import abc
-from typing import Any, Callable, Dict, Literal, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Literal, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -17,10 +17,11 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import RandomResizedCrop as _RandomResizedCropV1
 from torchvision.transforms import v2
 
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'AUGMENTATIONS', 'VAL_CROP_FRACTION', 'Interpolation', 'NormalizeOnDevice',
-           'RandomResizedCropFlip', 'ResizeShorterSide', 'StageSettings', 'TrainTransform', 'decode_image_bytes',
-           'resize_uint8', 'image_transform', 'val_resize_size', 'check_augment', 'normalize_on_device',
-           'start_batch']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'AUGMENTATIONS', 'VAL_CROP_FRACTION', 'Interpolation',
+           'NormalizeOnDevice', 'RandomResizedCropFlip', 'ResizeShorterSide', 'StageSettings', 'TrainTransform',
+           'decode_image_bytes', 'MAX_IMAGE_PIXELS', 'ImageSize', 'ImageTooLargeError', 'encoded_image_size',
+           'check_image_pixels', 'check_max_image_pixels', 'resize_uint8', 'image_transform', 'val_resize_size',
+           'check_augment', 'normalize_on_device', 'start_batch']
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,15 +51,189 @@ def check_augment(augment: Optional[str]) -> None:
         raise ValueError(f"augment: unknown policy '{augment}'; allowed: {', '.join(AUGMENTATIONS)} or null.")
 
 
-def decode_image_bytes(data: torch.Tensor) -> torch.Tensor:
+#: The default most pixels an image may have to be decoded: Pillow's own default ``Image.MAX_IMAGE_PIXELS``
+#: (89,478,485, a quarter GiB of 24-bit pixels), above which a PIL-based pipeline (torchvision's ImageFolder
+#: loader) warns of a decompression bomb; a tree that loads there without warnings loads here. Decoded, such an
+#: image is 256 MiB of RGB pixels (up to about 3x that while a 16-bit PNG or a GIF is converted), per DataLoader
+#: worker; an 89 Mpx photograph is larger than any ImageNet image and most cameras' (a 61 Mpx full-frame sensor
+#: is 9504 x 6336). The datasets' ``max_image_pixels`` and predict's ``--max-image-pixels`` change it.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+class ImageSize(NamedTuple):
+    """An encoded image's size as its header gives it: the first frame's ``width`` and ``height``, the number
+    of ``frames`` the decoder would decode (GIF: every frame; else 1), and ``pixels``, all frames' together."""
+    width: int
+    height: int
+    frames: int
+    pixels: int
+
+    def __str__(self) -> str:
+        if self.frames <= 1:
+            return f'{self.width} x {self.height} pixels ({self.pixels:,})'
+        same = self.pixels == self.frames * self.width * self.height
+        return (f'{self.frames} frames of {"" if same else "(the first) "}{self.width} x {self.height} pixels '
+                f'({self.pixels:,} in all)')
+
+
+class ImageTooLargeError(ValueError):
+    """An image whose header gives more pixels than the limit; raised before anything is decoded.
+
+    A ValueError, so a dataset skips and counts it as a bad sample (or names it in ``strict`` mode) like an
+    image that cannot be decoded. The message gives the size and the limit; callers add how to change it.
+    """
+
+    def __init__(self, size: ImageSize, limit: int) -> None:
+        super().__init__(f'{size} is more than the limit of {limit:,} pixels')
+        self.size, self.limit = size, limit
+
+
+_JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOF0-SOF15 less DHT, JPG, DAC
+_JPEG_STANDALONE_MARKERS = frozenset(range(0xD0, 0xD8)) | {0x01}  # RST0-RST7, TEM: no length field
+
+
+def _be16(view: memoryview, at: int) -> int:
+    return view[at] << 8 | view[at + 1]
+
+
+def _le16(view: memoryview, at: int) -> int:
+    return view[at] | view[at + 1] << 8
+
+
+def _jpeg_size(view: memoryview) -> Optional[Tuple[int, int]]:
+    """The frame header's width and height, found by walking the marker segments before the first scan as
+    libjpeg does (bytes between segments skipped, fill bytes ignored); None when there is none."""
+    at, end = 2, len(view)
+    while at < end:
+        while at < end and view[at] != 0xFF:  # libjpeg skips (and warns about) bytes before a marker
+            at += 1
+        while at < end and view[at] == 0xFF:
+            at += 1
+        if at >= end:
+            return None
+        marker = view[at]
+        at += 1
+        if marker in _JPEG_FRAME_MARKERS:
+            return (_be16(view, at + 5), _be16(view, at + 3)) if at + 7 <= end else None
+        if marker in (0xD9, 0xDA):  # end of image, or a scan, before any frame header
+            return None
+        if marker == 0 or marker in _JPEG_STANDALONE_MARKERS:
+            continue
+        if at + 2 > end or _be16(view, at) < 2:
+            return None
+        at += _be16(view, at)
+    return None
+
+
+def _gif_size(view: memoryview, limit: Optional[int]) -> Optional[ImageSize]:
+    """The first frame's size and the pixels of all frames, from the image descriptors: giflib (torchvision's
+    decoder) decodes every frame at its own size. Walking stops once ``limit`` is passed, or where the data
+    ends or is malformed (the decoder stops there too)."""
+    end = len(view)
+    if end < 13:
+        return None
+    at = 13 + ((3 << (view[10] & 7) + 1) if view[10] & 0x80 else 0)  # after the global color table
+    first: Optional[Tuple[int, int]] = None
+    frames = pixels = 0
+
+    def skip_sub_blocks(at: int) -> int:
+        while at < end and view[at]:
+            at += view[at] + 1
+        return at + 1
+
+    while at < end:
+        kind = view[at]
+        if kind == 0x21 and at + 1 < end:  # an extension: label, then sub-blocks
+            at = skip_sub_blocks(at + 2)
+        elif kind == 0x2C and at + 10 <= end:  # an image descriptor: position, size, flags
+            width, height, flags = _le16(view, at + 5), _le16(view, at + 7), view[at + 9]
+            first = first or (width, height)
+            frames, pixels = frames + 1, pixels + width * height
+            if limit is not None and pixels > limit:
+                break
+            at += 10 + ((3 << (flags & 7) + 1) if flags & 0x80 else 0)
+            at = skip_sub_blocks(at + 1)  # after the LZW code size, the image data
+        else:  # the trailer, a truncated record or one giflib refuses
+            break
+    if first is None:
+        return ImageSize(_le16(view, 6), _le16(view, 8), 0, 0)  # no frame: nothing to decode (the decoder fails)
+    return ImageSize(first[0], first[1], frames, pixels)
+
+
+def _webp_size(view: memoryview) -> Optional[Tuple[int, int]]:
+    """The canvas size of an extended WebP (``VP8X``), else the lossy or lossless bitstream's."""
+    chunk = bytes(view[12:16])
+    if chunk == b'VP8X' and len(view) >= 30:
+        return (1 + (view[24] | view[25] << 8 | view[26] << 16), 1 + (view[27] | view[28] << 8 | view[29] << 16))
+    if chunk == b'VP8 ' and len(view) >= 30 and bytes(view[23:26]) == b'\x9d\x01\x2a':
+        return _le16(view, 26) & 0x3FFF, _le16(view, 28) & 0x3FFF
+    if chunk == b'VP8L' and len(view) >= 25 and view[20] == 0x2F:
+        bits = view[21] | view[22] << 8 | view[23] << 16 | view[24] << 24
+        return 1 + (bits & 0x3FFF), 1 + (bits >> 14 & 0x3FFF)
+    return None
+
+
+def encoded_image_size(data: torch.Tensor, limit: Optional[int] = None) -> Optional[ImageSize]:
+    """The size an encoded image (a 1-D uint8 tensor) decodes to, read from its header without decoding.
+
+    The format is told by the signature ``torchvision.io.decode_image`` dispatches on (JPEG, PNG, GIF, WebP);
+    None for bytes of another format, which the decoder refuses. Raises ValueError for a known format whose
+    header gives no size (a damaged file, which the decoder would refuse too). ``limit`` only lets a GIF's
+    frames stop being counted once they pass it.
+    """
+    view = memoryview(data.numpy()) if data.numel() else memoryview(b'')
+    head = bytes(view[:16])
+    if head[:3] == b'\xff\xd8\xff':
+        size, kind = _jpeg_size(view), 'JPEG'
+    elif head[:4] == b'\x89PNG':
+        size, kind = ((int.from_bytes(view[16:20], 'big'), int.from_bytes(view[20:24], 'big'))
+                      if len(view) >= 24 and head[12:16] == b'IHDR' else None), 'PNG'
+    elif head[:6] in (b'GIF87a', b'GIF89a'):
+        gif, kind = _gif_size(view, limit), 'GIF'
+        if gif is not None:
+            return gif
+        size = None
+    elif head[:4] == b'RIFF' and head[8:15] == b'WEBPVP8':
+        size, kind = _webp_size(view), 'WebP'
+    else:
+        return None
+    if size is None:
+        raise ValueError(f'damaged {kind} header: it gives no image size')
+    return ImageSize(size[0], size[1], 1, size[0] * size[1])
+
+
+def check_max_image_pixels(limit: Optional[int], name: str = 'max_image_pixels') -> None:
+    """Raise a ValueError naming ``name`` unless ``limit`` is a positive number of pixels or None (no limit)."""
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ValueError(f'{name}: must be a positive number of pixels, or null for no limit (default '
+                         f'{MAX_IMAGE_PIXELS:,}, Pillow\'s), got {limit!r}.')
+
+
+def check_image_pixels(data: torch.Tensor, limit: Optional[int] = MAX_IMAGE_PIXELS) -> None:
+    """Raise :class:`ImageTooLargeError` if the encoded image's header gives more than ``limit`` pixels (all
+    frames together), before anything is decoded; None is no limit. See :func:`encoded_image_size`."""
+    if limit is None:
+        return
+    size = encoded_image_size(data, limit)
+    if size is not None and size.pixels > limit:
+        raise ImageTooLargeError(size, limit)
+
+
+def decode_image_bytes(data: torch.Tensor, max_pixels: Optional[int] = MAX_IMAGE_PIXELS) -> torch.Tensor:
     """Encoded image bytes (a 1-D uint8 tensor) to a uint8 RGB CHW tensor.
 
     ``torchvision.io.decode_image`` (libjpeg-turbo for JPEG; PNG, WebP and GIF too, grayscale and CMYK
     converted to RGB) decodes 1.1-1.5x faster than PIL in ``benchmarks/data_pipeline.py`` and yields a tensor
     the uint8 resize takes directly. Both the ImageFolder and the streaming path use it, so identical bytes
     give identical pixels. An animated GIF gives its first frame (as PIL does), a 16-bit PNG its top 8 bits.
-    Raises RuntimeError on bytes it cannot decode.
+
+    An image whose header gives more than ``max_pixels`` pixels (:data:`MAX_IMAGE_PIXELS` by default; None for
+    no limit) raises :class:`ImageTooLargeError` before it is decoded: a small file can hold a huge image (a
+    1.2 MB PNG of 20000 x 20000 pixels decodes to 1.2 GB). The limit is an argument, not a global setting, so
+    that a dataset carries its own into DataLoader worker processes, forked or spawned.
+    Raises RuntimeError or ValueError on bytes it cannot decode.
     """
+    check_image_pixels(data, max_pixels)
     image = decode_image(data, mode=ImageReadMode.RGB)
     if image.ndim == 4:
         image = image[0]
