@@ -1,5 +1,7 @@
 """The EfficientNet family of Tan & Le: B0 to B7 (arXiv 1905.11946) and EfficientNetV2 S, M, L and XL
-(arXiv 2104.00298), as one builder over small tables: stages, and the members built from them."""
+(arXiv 2104.00298), as one builder over small tables: stages, and the members built from them. The builder
+makes the classifier (:class:`EfficientNet`) and, with no head, the feature-map network
+(:class:`EfficientNetFeatures`, which :mod:`composer_efficientnet.backbones` puts under a detector's FPN)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from torch import nn
 from composer_efficientnet.layers import ActLayer, ConvNormAct, FusedMBConv, MBConv, NormLayer, ResidualBlock
 
 __all__ = ['EfficientNet', 'StageConfig', 'MemberConfig', 'B0_STAGES', 'V2_S_STAGES', 'V2_M_STAGES', 'V2_L_STAGES',
-           'V2_XL_STAGES', 'MEMBERS', 'canonical_name', 'block_drop_rates']
+           'V2_XL_STAGES', 'MEMBERS', 'canonical_name', 'block_drop_rates', 'EfficientNetFeatures', 'FeatureInfo',
+           'LEVELS']
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,28 @@ def make_divisible(channels: float, divisor: int = 8) -> int:
     return rounded + divisor if rounded < 0.9 * channels else rounded
 
 
+def check_arguments(*, num_classes: int = 1000, dropout: float = 0.2, drop_connect_rate: float = 0.2,
+                    bn_momentum: Optional[float] = 0.1, bn_eps: float = 1e-5) -> None:
+    """Refuse, with a ValueError naming the argument, what :class:`EfficientNet` would build but not train:
+    ``num_classes`` an integer of at least 1; ``dropout`` and ``drop_connect_rate`` in [0, 1); ``bn_momentum`` in
+    [0, 1] (or None, BatchNorm's cumulative average); ``bn_eps`` a finite number above 0. NaN and infinities are
+    out of every range. Recipes run it when they are validated, before anything is built."""
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    if not (isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes >= 1):
+        raise ValueError(f'num_classes must be a positive integer, got {num_classes!r}.')
+    for name, value in (('dropout', dropout), ('drop_connect_rate', drop_connect_rate)):
+        if not (number(value) and 0.0 <= value < 1.0):
+            raise ValueError(f'{name} must be a number in [0, 1), got {value!r}.')
+    if bn_momentum is not None and not (number(bn_momentum) and 0.0 <= bn_momentum <= 1.0):
+        raise ValueError(f'bn_momentum must be a number in [0, 1] (the weight of each batch in the BatchNorm '
+                         f'running statistics), got {bn_momentum!r}.')
+    if not (number(bn_eps) and bn_eps > 0.0):
+        raise ValueError(f'bn_eps must be a positive number (BatchNorm divides by sqrt(variance + bn_eps)), got '
+                         f'{bn_eps!r}.')
+
+
 class EfficientNet(nn.Module):
     """An EfficientNet: stem, stages of MBConv or Fused-MBConv blocks, 1x1 head, pooling, dropout, classifier.
 
@@ -202,10 +227,8 @@ class EfficientNet(nn.Module):
                  stages: Tuple[StageConfig, ...] = B0_STAGES, stem_channels: int = STEM_CHANNELS,
                  head_channels: int = HEAD_CHANNELS, memory_efficient: bool = False) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f'num_classes must be a positive integer, got {num_classes}.')
-        if not 0.0 <= drop_connect_rate < 1.0:
-            raise ValueError(f'drop_connect_rate must be a number in [0, 1), got {drop_connect_rate!r}.')
+        check_arguments(num_classes=num_classes, dropout=dropout, drop_connect_rate=drop_connect_rate,
+                        bn_momentum=bn_momentum, bn_eps=bn_eps)
         self.num_classes = num_classes
         norm_layer = norm_layer or partial(nn.BatchNorm2d, momentum=bn_momentum, eps=bn_eps)
         channels = make_divisible(stem_channels * width)
@@ -225,12 +248,18 @@ class EfficientNet(nn.Module):
             stage_modules.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stage_modules)
         self.num_features = make_divisible(head_channels * width)
+        self._build_head(channels, dropout, norm_layer, act_layer, memory_efficient)
+        self.reset_parameters()
+
+    def _build_head(self, channels: int, dropout: float, norm_layer: NormLayer, act_layer: ActLayer,
+                    memory_efficient: bool) -> None:
+        """After the stages (``channels`` out): the 1x1 head, pooling, dropout and classifier
+        (:class:`EfficientNetFeatures` builds none)."""
         self.head = ConvNormAct(channels, self.num_features, 1, norm_layer, act_layer,
                                 memory_efficient=memory_efficient)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(self.num_features, num_classes)
-        self.reset_parameters()
+        self.classifier = nn.Linear(self.num_features, self.num_classes)
 
     @classmethod
     def from_name(cls, name: str, num_classes: int = 1000, features_only: bool = False,
@@ -240,7 +269,7 @@ class EfficientNet(nn.Module):
 
         ``overrides`` replace any constructor argument, ``dropout``, ``drop_connect_rate`` and ``bn_eps``
         (the member's: 1e-5, V2's 1e-3 as torchvision's and TensorFlow's) included. With ``features_only`` it is
-        a :class:`~composer_efficientnet.backbones.EfficientNetFeatures` returning the feature maps at levels
+        an :class:`EfficientNetFeatures` returning the feature maps at levels
         ``out_indices`` (level i at stride 2**(i+1), as timm numbers them), with no head or classifier.
         """
         member = MEMBERS[canonical_name(name)]
@@ -248,7 +277,6 @@ class EfficientNet(nn.Module):
                   'stages': member.stages, 'stem_channels': member.stem_channels,
                   'head_channels': member.head_channels, **overrides}
         if features_only:
-            from composer_efficientnet.backbones import EfficientNetFeatures  # it builds on this class
             return EfficientNetFeatures(out_indices=out_indices, **kwargs)
         return cls(num_classes=num_classes, **kwargs)
 
@@ -301,3 +329,96 @@ class EfficientNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.forward_features(x)))
+
+
+#: Feature levels, numbered as timm numbers them: level ``i`` is at stride ``2 ** (i + 1)``.
+LEVELS = (0, 1, 2, 3, 4)
+
+
+class FeatureInfo:
+    """What each returned feature map is, as timm's ``feature_info``: its channels, its reduction (stride) and
+    the stage that makes it (``module``), one entry per out index."""
+
+    def __init__(self, entries: List[Dict[str, Any]]) -> None:
+        self.entries = entries
+
+    def _get(self, key: str, idx: Optional[int]) -> Union[Any, List[Any]]:
+        return [entry[key] for entry in self.entries] if idx is None else self.entries[idx][key]
+
+    def channels(self, idx: Optional[int] = None) -> Union[int, List[int]]:
+        """Channels of every map (or of map ``idx``)."""
+        return self._get('num_chs', idx)
+
+    def reduction(self, idx: Optional[int] = None) -> Union[int, List[int]]:
+        """Stride of every map relative to the input (or of map ``idx``)."""
+        return self._get('reduction', idx)
+
+    def module_name(self, idx: Optional[int] = None) -> Union[str, List[str]]:
+        """The stage whose output each map is (``stages.4``)."""
+        return self._get('module', idx)
+
+    def __getitem__(self, idx: int) -> Dict[str, Any]:
+        return self.entries[idx]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def _check_out_indices(out_indices: Sequence[int]) -> tuple:
+    indices = tuple(out_indices) if isinstance(out_indices, Sequence) else (out_indices,)
+    if not indices or any(isinstance(i, bool) or i not in LEVELS for i in indices) or list(indices) != sorted(
+            set(indices)):
+        raise ValueError(f'out_indices must be increasing feature levels out of {", ".join(map(str, LEVELS))} '
+                         f'(level i at stride 2**(i+1)), got {out_indices!r}.')
+    return indices
+
+
+class EfficientNetFeatures(EfficientNet):
+    """An EfficientNet's stem and stages, whose forward returns the feature maps at ``out_indices``.
+
+    Built by the one EfficientNet builder (every constructor argument, so every member, stochastic depth and
+    its schedules, work alike) with no head, pooling or classifier: its state dict is the classifier's less
+    ``head.*`` and ``classifier.*``. Level ``i`` is the output of the last stage at stride ``2 ** (i + 1)``: B0's
+    levels have 16, 24, 40, 112 and 320 channels, as timm's ``features_only`` model's. Build it with
+    ``EfficientNet.from_name(name, features_only=True)``.
+
+    Example:
+        >>> import torch
+        >>> from composer_efficientnet import EfficientNet
+        >>> features = EfficientNet.from_name('efficientnet_b0', features_only=True, out_indices=(2, 3, 4))
+        >>> [tuple(m.shape) for m in features(torch.zeros(1, 3, 64, 64))]
+        [(1, 40, 8, 8), (1, 112, 4, 4), (1, 320, 2, 2)]
+        >>> features.feature_info.channels(), features.feature_info.reduction()
+        ([40, 112, 320], [8, 16, 32])
+    """
+
+    def __init__(self, out_indices: Sequence[int] = LEVELS, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # the stem and stages: _build_head below adds nothing
+        self.out_indices = _check_out_indices(out_indices)
+        self.num_classes = 0
+        table = kwargs.get('stages', B0_STAGES)
+        stride, level_stage = 2, {}  # the stem has stride 2
+        for index, stage in enumerate(table):
+            stride *= stage.stride
+            level_stage[stride.bit_length() - 2] = index  # the last stage at each stride
+        self._map_after = {level_stage[level]: level for level in self.out_indices}
+        width = kwargs.get('width', 1.0)
+        self.feature_info = FeatureInfo([
+            {'num_chs': make_divisible(table[level_stage[level]].out_channels * width),
+             'reduction': 2 ** (level + 1), 'module': f'stages.{level_stage[level]}'} for level in self.out_indices])
+
+    def _build_head(self, *args: Any) -> None:
+        """No head, pooling, dropout or classifier: the maps are the stages' outputs."""
+
+    def forward_features(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """The feature maps at ``out_indices``, shallowest first."""
+        maps = []
+        x = self.stem(x)
+        for index, stage in enumerate(self.stages):
+            x = stage(x)
+            if index in self._map_after:
+                maps.append(x)
+        return maps
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        return self.forward_features(x)
