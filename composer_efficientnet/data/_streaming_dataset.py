@@ -10,25 +10,33 @@ x channels). Streaming would decode ``jpeg``/``png``/``pil`` to PIL images; inst
 is read as raw bytes (each shard reader's encoding for it is set to ``bytes`` once the readers are built) and
 the image is decoded once, by the same :func:`decode_image_bytes` the ImageFolder path uses, so identical
 source bytes give identical pixels. Extra columns are never decoded.
+
+Shards may come from others, so nothing they hold may reach outside their place: every file name each split's
+``index.json`` gives Streaming (the shard files it reads, decompresses, evicts or deletes) is checked by
+:func:`check_index` before Streaming uses it (:class:`CheckedStream`), labels outside the model's classes stop the
+run with one line naming the sample, and a sample that cannot be read out of a damaged shard is a bad sample.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import os
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
-from streaming import StreamingDataset
-from streaming.base.format import MDSReader
+from streaming import Stream, StreamingDataset
+from streaming.base.format import MDSReader, get_index_basename
 from streaming.base.format.mds.encodings import mds_decode
 
 from composer_efficientnet.data.bad_samples import BadSampleTracker, load_or_replace
-from composer_efficientnet.data.errors import DatasetLayoutError
+from composer_efficientnet.data.errors import DamagedShardError, DatasetLayoutError, LabelOutOfRangeError
 from composer_efficientnet.data.transforms import StageSettings, decode_image_bytes, start_batch
 
-__all__ = ['StreamingImageDataset', 'ENCODED_IMAGE_ENCODINGS', 'LABEL_ENCODINGS', 'decode_image_column']
+__all__ = ['StreamingImageDataset', 'CheckedStream', 'ENCODED_IMAGE_ENCODINGS', 'LABEL_ENCODINGS',
+           'check_index', 'decode_image_column']
 
 #: Image column encodings whose raw bytes are an encoded file (JPEG, PNG, WebP, GIF) for the decoder.
 ENCODED_IMAGE_ENCODINGS = ('bytes', 'jpeg', 'png')
@@ -91,6 +99,109 @@ def decode_image_column(encoding: str, data: bytes) -> torch.Tensor:
     raise ValueError(f"image column encoding '{encoding}' is not readable")
 
 
+#: The keys of an index's shard entry that name a file of the shard (MDS shards have the first two).
+SHARD_FILE_KEYS = ('raw_data', 'zip_data', 'raw_meta', 'zip_meta')
+
+#: What a shard file name in an index must be, for messages.
+_ALLOWED_NAME = ("a file name relative to the split directory and inside it, such as 'shard.00000.mds' (not empty, "
+                 "no absolute path, no '..')")
+
+#: What reading one sample out of a damaged shard raises in Streaming's reader and decoders (a truncated file: an
+#: IndexError for a sample past its end, a ValueError or IndexError for a column cut short; random bytes: any).
+_SHARD_READ_ERRORS = (IndexError, KeyError, ValueError, OverflowError, TypeError)
+
+
+def _name_problem(split_dir: str, name: Any) -> Optional[str]:
+    """Why ``name``, a shard file name from the index of the split in ``split_dir``, could reach outside it."""
+    if not isinstance(name, str):
+        return 'not a file name'
+    if not name:
+        return 'empty'
+    if '\0' in name:
+        return 'a name with a NUL character'
+    if os.path.isabs(name):
+        return 'an absolute path'
+    parts = name.replace('\\', '/').split('/')
+    if '..' in parts:
+        return "a path that climbs out with '..'"
+    if parts[-1] in ('', '.'):
+        return 'a directory, not a file'
+    # A folder in the path that is a symbolic link out of the split: Streaming would write and delete there.
+    # (A shard file that is itself a link is safe: Streaming replaces or removes the link, never its target.)
+    real_split = os.path.realpath(split_dir)
+    folder = os.path.realpath(os.path.dirname(os.path.join(split_dir, name)))
+    if os.path.commonpath([real_split, folder]) != real_split:
+        return 'a path that leads out of the split directory through a symbolic link'
+    return None
+
+
+def check_index(filename: str, shown: Optional[str] = None) -> None:
+    """Raise a one-line :class:`DatasetLayoutError` naming the index file and the shard entry unless every file the
+    MDS index at ``filename`` names for its shards stays inside the split directory (the index's folder).
+
+    Streaming joins each shard's ``raw_data``/``zip_data`` ``basename`` to the split's local directory and
+    downloads, decompresses, evicts and deletes files there, so an absolute or ``..`` name would write or delete
+    files anywhere. ``shown`` names the index in the message (its remote location, for a downloaded index).
+    """
+    shown = shown or filename
+    try:
+        with open(filename, 'rb') as file:
+            index = json.load(file)
+    except (OSError, ValueError) as error:
+        raise DatasetLayoutError(f'{shown}: cannot read this MDS index ({error}); expected the index.json '
+                                 'streaming.MDSWriter writes.') from None
+    shards = index.get('shards') if isinstance(index, dict) else None
+    if not isinstance(shards, list):
+        raise DatasetLayoutError(f"{shown}: not an MDS index (no list of 'shards'); expected the index.json "
+                                 'streaming.MDSWriter writes.')
+    split_dir = os.path.dirname(os.path.abspath(filename))
+    for number, shard in enumerate(shards):
+        if not isinstance(shard, dict) or not isinstance(shard.get('raw_data'), dict):
+            raise DatasetLayoutError(f'{shown}: shard {number} is not an MDS shard entry (a mapping with raw_data); '
+                                     'expected the index.json streaming.MDSWriter writes.')
+        if shard.get('format') != 'mds':
+            raise DatasetLayoutError(f"{shown}: shard {number} is in {shard.get('format')!r} format; expected MDS "
+                                     'shards (written by streaming.MDSWriter).')
+        for key in SHARD_FILE_KEYS:
+            info = shard.get(key)
+            if info is None and key != 'raw_data':
+                continue
+            name = info.get('basename') if isinstance(info, dict) else info
+            problem = _name_problem(split_dir, name)
+            if problem:
+                raise DatasetLayoutError(f'{shown}: shard {number} names its {key} file {name!r}, {problem}; '
+                                         f'expected {_ALLOWED_NAME}.')
+
+
+class CheckedStream(Stream):
+    """A Streaming ``Stream`` whose index is checked (:func:`check_index`) before any shard file is touched: a
+    local or cached index before Streaming reads it, a remote one as soon as it is downloaded, before it is put in
+    place and before any shard is fetched."""
+
+    def _index_path(self) -> str:
+        return os.path.join(self.local, self.split, get_index_basename())
+
+    def _download_file(self, from_basename: str, to_basename: Optional[str] = None) -> str:
+        local = super()._download_file(from_basename, to_basename)
+        if from_basename == get_index_basename():
+            try:
+                check_index(local, shown=os.path.join(self.remote or '', self.split, from_basename))
+            except DatasetLayoutError:
+                os.remove(local)  # our own download into the cache; never put in place
+                raise
+        return local
+
+    def get_shards(self, world: Any, allow_unsafe_types: bool) -> Any:
+        index = self._index_path()
+        checked = os.path.exists(index)
+        if checked:
+            check_index(index)
+        shards = super().get_shards(world, allow_unsafe_types)
+        if not checked:  # downloaded here (and checked then) or by the node's first process while this one waited
+            check_index(index)
+        return shards
+
+
 def _described(encodings: Dict[str, str]) -> str:
     return ', '.join(f'{name} ({encoding})' for name, encoding in encodings.items())
 
@@ -147,19 +258,25 @@ class StreamingImageDataset(StreamingDataset):
 
     Args:
         transform: The host transform applied to each decoded image.
-        strict: Raise on the first unreadable image instead of replacing and counting it.
+        strict: Raise on the first unreadable image (or damaged shard sample) instead of replacing and counting it.
         image_key: The column holding the image.
         label_key: The column holding the class index.
         allow_unsafe_types: Accept shards with pickled (``pkl``) extra columns; they are never unpickled.
-        kwargs: ``streaming.StreamingDataset``'s arguments.
+        num_classes: The model's number of classes: a label outside ``[0, num_classes)`` (outside ``[0, inf)``
+            when ``None``) stops the run with a :class:`LabelOutOfRangeError` naming the sample.
+        remote, local, split: Where the shards are, as for ``streaming.StreamingDataset`` (one
+            :class:`CheckedStream`).
+        kwargs: ``streaming.StreamingDataset``'s other arguments.
     """
 
     def __init__(self, *, transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, strict: bool = False,
                  image_key: str = 'x', label_key: str = 'y', allow_unsafe_types: bool = False,
-                 **kwargs: Any) -> None:
+                 num_classes: Optional[int] = None, remote: Optional[str] = None, local: Optional[str] = None,
+                 split: Optional[str] = None, **kwargs: Any) -> None:
         # Streaming's own pickle check would refuse with its keyword's name; _check_columns refuses, naming
         # the recipe's, before any sample is read (opening the index unpickles nothing).
-        super().__init__(allow_unsafe_types=True, **kwargs)
+        super().__init__(streams=[CheckedStream(remote=remote, local=local, split=split)], allow_unsafe_types=True,
+                         **kwargs)
         stream = self.streams[0]
         self.where = f"{(stream.remote or stream.local).rstrip('/')}/{stream.split or ''}".rstrip('/')
         columns = _column_layout(self.shards, self.where)
@@ -172,6 +289,7 @@ class StreamingImageDataset(StreamingDataset):
         self.has_path = 'path' in columns
         self.transform = transform
         self.strict = strict
+        self.num_classes = num_classes
         self.bad_samples = BadSampleTracker()
         self.stage: Optional[StageSettings] = getattr(transform, 'stage', None)
 
@@ -187,9 +305,28 @@ class StreamingImageDataset(StreamingDataset):
                 return
             yield sample
 
+    def _shard_of(self, index: int) -> Tuple[str, int]:
+        """The file name of the shard holding sample ``index``, and the sample's position in it."""
+        shard_id, position = self.spanner[index]
+        return self.shards[shard_id].raw_data.basename, int(position)
+
     def _load(self, index: int) -> Tuple[torch.Tensor, int]:
-        sample = super().get_item(index)
-        return decode_image_column(self.image_encoding, sample[self.image_key]), int(sample[self.label_key])
+        try:
+            sample = super().get_item(index)
+            label = int(sample[self.label_key])
+        except _SHARD_READ_ERRORS as error:  # Streaming's reader on a truncated or overwritten shard
+            shard, position = self._shard_of(index)
+            raise DamagedShardError(f'{shard} is truncated or damaged at its sample {position}: '
+                                    f'{type(error).__name__}: {error}') from error
+        image = decode_image_column(self.image_encoding, sample[self.image_key])
+        if label < 0 or (self.num_classes is not None and label >= self.num_classes):
+            shard, position = self._shard_of(index)
+            allowed = (f'[0, {self.num_classes}), the classes of the model (num_classes: {self.num_classes})'
+                       if self.num_classes is not None else '[0, inf): class indices are never negative')
+            raise LabelOutOfRangeError(f"{self.describe(index)}, sample {position} of {shard}: label {label} (column "
+                                       f"'{self.label_key}') is outside {allowed}; fix the shards' labels, or give "
+                                       'the model a num_classes above every label.')
+        return image, label
 
     def describe(self, index: int) -> str:
         """The sample's source path if the shards record one (our converter's ``path`` column), and its index."""

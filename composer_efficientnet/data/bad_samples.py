@@ -1,4 +1,5 @@
-"""Unreadable images: skip and count them (or fail in ``strict`` mode), and report them once per epoch.
+"""Unreadable images (and samples of damaged shards): skip and count them (or fail in ``strict`` mode), and report
+them once per epoch.
 
 A dataset that may meet bad files owns a :class:`BadSampleTracker` as its ``bad_samples`` attribute. The
 tracker lives in shared memory, so the DataLoader worker processes (forked or spawned) that load samples
@@ -19,7 +20,8 @@ from composer.loggers import Logger
 from composer.utils import dist
 from torch.utils.data import get_worker_info
 
-from composer_efficientnet.data.errors import BrokenDatasetError, CorruptImageError
+from composer_efficientnet.data.errors import DATA_ERRORS, BrokenDatasetError, CorruptImageError, DamagedShardError
+from composer_efficientnet.data.transforms import ImageTooLargeError
 
 __all__ = ['BadSampleTracker', 'BadSampleReport', 'load_or_replace', 'LOAD_ERRORS', 'MAX_CONSECUTIVE_BAD']
 
@@ -78,23 +80,40 @@ def load_or_replace(index: int, num_samples: int, load: Callable[[int], T], desc
     """``load(index)``, or, if that sample cannot be read, the next readable one after it (wrapping around).
 
     Replacing rather than dropping keeps every batch the same size. Each failure is recorded in ``tracker``;
-    with ``strict`` the first failure raises :class:`CorruptImageError` naming the sample instead.
+    with ``strict`` the first failure raises :class:`CorruptImageError` naming the sample instead. A sample
+    that is read but wrong for the whole run (a :data:`DATA_ERRORS` error, such as a label the model has no
+    class for) is raised as it is, never replaced.
     """
     last_error: Optional[BaseException] = None
     for step in range(min(MAX_CONSECUTIVE_BAD, num_samples)):
         candidate = (index + step) % num_samples
         try:
             return load(candidate)
+        except DATA_ERRORS:
+            raise
         except LOAD_ERRORS as error:
             if strict:
-                raise CorruptImageError(f'{describe(candidate)}: cannot read or decode this image ({error}); '
-                                        'expected a valid JPEG, PNG, WebP or GIF. Fix or remove the file, or set '
-                                        'strict: false to skip unreadable images.') from error
-            tracker.record(describe(candidate))
+                raise CorruptImageError(_unreadable(describe(candidate), error)) from error
+            too_large = f' ({error.size.width} x {error.size.height} pixels: too large)' if isinstance(
+                error, ImageTooLargeError) else ''
+            tracker.record(describe(candidate) + too_large)
             last_error = error
     raise BrokenDatasetError(f'{min(MAX_CONSECUTIVE_BAD, num_samples)} consecutive samples starting at '
                              f'{describe(index)} could not be read (last: {last_error}); the dataset looks broken '
                              'rather than a few files corrupt.') from last_error
+
+
+def _unreadable(where: str, error: BaseException) -> str:
+    """What ``strict`` says about a sample that cannot be read: its image, or its shard's bytes."""
+    if isinstance(error, ImageTooLargeError):
+        return (f'{where}: {error}, which guards memory (the image would be decoded whole); resize the image, '
+                'raise the dataset\'s max_image_pixels (null: no limit), or set strict: false to skip such images.')
+    if isinstance(error, DamagedShardError):
+        return (f'{where}: cannot read this sample out of its shard ({error}); expected an intact MDS shard as '
+                'streaming.MDSWriter writes it. Copy or write the shard again, or set strict: false to skip '
+                'unreadable samples.')
+    return (f'{where}: cannot read or decode this image ({error}); expected a valid JPEG, PNG, WebP or GIF. Fix or '
+            'remove the file, or set strict: false to skip unreadable images.')
 
 
 def _tracker_of(dataloader: Any) -> Optional[BadSampleTracker]:

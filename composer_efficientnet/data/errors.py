@@ -7,7 +7,7 @@ as one line. They subclass the built-in types a caller would catch anyway.
 from __future__ import annotations
 
 __all__ = ['DatasetLayoutError', 'SplitNotFoundError', 'CorruptImageError', 'BrokenDatasetError',
-           'OptionalDependencyError', 'DATA_ERRORS', 'message_of']
+           'DamagedShardError', 'LabelOutOfRangeError', 'OptionalDependencyError', 'DATA_ERRORS', 'message_of']
 
 
 class DatasetLayoutError(ValueError):
@@ -29,8 +29,18 @@ class BrokenDatasetError(RuntimeError):
     """So many consecutive samples cannot be read that the dataset, not a few files, is broken."""
 
 
+class DamagedShardError(ValueError):
+    """A sample that cannot be read out of its MDS shard (a truncated or overwritten shard file): a bad sample,
+    skipped and counted like an undecodable image (or named by ``strict``)."""
+
+
+class LabelOutOfRangeError(ValueError):
+    """A sample whose label is not a class of the model (negative, or ``num_classes`` or more): the data and the
+    model disagree, so the run stops rather than skipping it."""
+
+
 #: Errors a run's data raises while it trains or evaluates; a recipe runner reports them as one line.
-DATA_ERRORS = (CorruptImageError, BrokenDatasetError)
+DATA_ERRORS = (CorruptImageError, BrokenDatasetError, LabelOutOfRangeError)
 
 
 def message_of(error: BaseException) -> str:

@@ -69,7 +69,8 @@ def build_streaming_imagenet_dataspec(remote: Optional[str] = None, local: Optio
                                       mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                                       *, batch_size: int, seed: int = 17,
                                       dataloader_kwargs: Optional[Dict[str, Any]] = None,
-                                      model_resolution: int = 224) -> DataSpec:
+                                      model_resolution: int = 224,
+                                      model_num_classes: Optional[int] = None) -> DataSpec:
     """ImageNet from MDS shards, with the ImageFolder path's transforms and uint8 out of the workers.
 
     ``split`` defaults to ``train`` or ``val`` from ``is_train``. A local ``remote`` with no ``local`` is read
@@ -82,6 +83,13 @@ def build_streaming_imagenet_dataspec(remote: Optional[str] = None, local: Optio
     trusted; extra columns, pickled or not, are never decoded. ``mean`` and ``std`` (3 numbers each; ImageNet's
     by default) are the normalization applied on the device. See
     :func:`~composer_efficientnet.data.imagefolder.build_imagenet_dataspec` for the transform parameters.
+
+    Shards from others are checked as they are read: every shard file name in the split's ``index.json`` must
+    stay inside the split (checked before Streaming touches a shard; a remote index as soon as it is downloaded),
+    a label outside ``[0, model_num_classes)`` (the model's ``num_classes``, which the recipe runner passes; any
+    negative label without it) stops the run with one line naming the sample, and a sample that cannot be read
+    out of a truncated or damaged shard is a bad sample, replaced and counted (named, with ``strict``). MDS
+    indexes record no range of a column's values, so labels can only be checked as they are read.
     """
     streaming = require_streaming()
     from composer_efficientnet.data._streaming_dataset import StreamingImageDataset
@@ -94,7 +102,8 @@ def build_streaming_imagenet_dataspec(remote: Optional[str] = None, local: Optio
     transform = image_transform(is_train, crop_size, resize_size, augment, interpolation)
     normalize = normalize_on_device(mean, std)
     dataset = StreamingImageDataset(transform=transform, strict=strict, image_key=image_key, label_key=label_key,
-                                    allow_unsafe_types=allow_unsafe_types, remote=remote, local=local, split=split,
+                                    allow_unsafe_types=allow_unsafe_types, num_classes=model_num_classes,
+                                    remote=remote, local=local, split=split,
                                     shuffle=is_train if shuffle is None else shuffle, shuffle_seed=seed,
                                     batch_size=batch_size, cache_limit=cache_limit, predownload=predownload)
     loader = streaming.StreamingDataLoader(dataset, batch_size=batch_size,
