@@ -13,6 +13,7 @@ from composer.loggers import Logger
 from composer.utils import dist, format_name_with_dist
 
 from composer_efficientnet.algorithms import ProgressiveLearning
+from composer_efficientnet.outputs import OutputError, atomic_output, folder_problem, os_error_in
 
 __all__ = ['TrainingCurves']
 
@@ -31,6 +32,12 @@ class TrainingCurves(Callback):
         filename: the PNG's name.
         folder: where to write it (``{run_name}`` is filled in); by default the checkpoint folder. A run with
             neither (``save_folder: null``) writes no PNG, and says so when it starts.
+
+    The PNG is written whole or not at all (a temporary file renamed into place). A folder it cannot be written
+    in (checked when the run starts) or a write that fails (a full disk) is one warning line, and the run goes
+    on: the plot is a by-product, redrawn in full at the next evaluation (or by a resumed run) from the curves
+    the checkpoints keep, while the checkpoints are the run's output, and a disk too full for them stops the
+    run with their own one-line error.
     """
 
     def __init__(self, filename: str = 'training_curves.png', folder: Optional[str] = None) -> None:
@@ -40,6 +47,8 @@ class TrainingCurves(Callback):
         self.train_loss: List[Tuple[int, float]] = []
         self.eval_metrics: Dict[str, List[Tuple[int, float]]] = {}
         self.stage_marks: List[Tuple[int, str]] = []  # (batch, label) of each progressive-learning stage begun
+        self._unwritable: Optional[str] = None  # why the PNG's folder cannot be written, found when the run starts
+        self._warned: Optional[int] = None  # the errno of the last write failure warned about, not repeated
 
     def state_dict(self) -> Dict[str, Any]:
         self._flush()
@@ -53,9 +62,16 @@ class TrainingCurves(Callback):
         self.stage_marks = [tuple(mark) for mark in state.get('stage_marks', [])]
 
     def fit_start(self, state: State, logger: Logger) -> None:
-        if dist.get_global_rank() == 0 and self.output_path(state) is None:
+        if dist.get_global_rank() != 0:
+            return
+        path = self.output_path(state)
+        if path is None:
             log.warning('training_curves: no %s is written, as the run has no save_folder; set one, or the '
                         "callback's folder", self.filename)
+            return
+        self._unwritable = folder_problem(os.path.dirname(path), create=True)
+        if self._unwritable:
+            log.warning('training_curves: no %s is written: %s; training goes on without it', path, self._unwritable)
 
     def epoch_start(self, state: State, logger: Logger) -> None:
         # Algorithms run before callbacks at each event, so a stage that starts now is in force.
@@ -98,7 +114,7 @@ class TrainingCurves(Callback):
     def _write(self, state: State) -> None:
         self._flush()
         path = self.output_path(state)
-        if dist.get_global_rank() != 0 or path is None:
+        if dist.get_global_rank() != 0 or path is None or self._unwritable:
             return
         import matplotlib
         matplotlib.use('Agg')
@@ -120,6 +136,15 @@ class TrainingCurves(Callback):
             if ax.lines:
                 ax.legend()
         fig.tight_layout()
-        os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        try:
+            with atomic_output(path, 'training_curves') as file:
+                fig.savefig(file, dpi=100, format='png')
+        except OutputError as error:
+            reason = getattr(os_error_in(error), 'errno', None)
+            if reason != self._warned:
+                log.warning('%s; training goes on, and the next evaluation draws it again', error)
+            self._warned = reason
+        else:
+            self._warned = None
+        finally:
+            plt.close(fig)
