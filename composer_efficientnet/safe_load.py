@@ -4,7 +4,9 @@ A ``torch.save`` file is a pickle, and a pickle can name any importable function
 (``os.system`` with a command, say): ``torch.load(weights_only=False)``, which Composer uses, runs it.
 :func:`read_checkpoint` reads with ``weights_only=True``, which builds only tensors, containers and the types
 allowed here: the plain types a Composer checkpoint holds besides those (see :func:`checkpoint_globals`). A file
-that names anything else is refused with an :class:`UnsafeCheckpointError` naming the first such global.
+that names anything else is refused with an :class:`UnsafeCheckpointError` naming the first such global. A
+checkpoint archive (a Composer ``.tar``, a ``.pt.gz``) is unpacked first, its members checked, into a private
+temporary folder (:mod:`composer_efficientnet.archives`).
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ import functools
 import os
 import pickle
 import re
+import zipfile
 from typing import Any, List, Optional, Union
 
 import torch
 
-__all__ = ['UnsafeCheckpointError', 'checkpoint_globals', 'disallowed_globals', 'read_checkpoint', 'TRUST_ADVICE']
+from composer_efficientnet.archives import unpacked
+
+__all__ = ['UnsafeCheckpointError', 'can_map', 'checkpoint_globals', 'disallowed_globals', 'read_checkpoint',
+           'TRUST_ADVICE']
 
 #: How a user loads a file that is refused, when they trust it (a recipe setting).
 TRUST_ADVICE = 'if you trust the file and where it came from, set load_trusted: true to load it as Composer does'
@@ -60,8 +66,18 @@ def _first_disallowed(error: Exception, path: str) -> Optional[str]:
     named = re.search(r'GLOBAL (\S+)', str(error))
     if named:
         return named[1] if '.' in named[1] else f'builtins.{named[1]}'  # torch leaves builtins' module out
-    found = disallowed_globals(path)
+    try:
+        found = disallowed_globals(path)
+    except Exception:  # noqa: BLE001 - not a zip-format torch file (legacy or damaged): torch's error stands
+        return None
     return found[0] if found else None
+
+
+def can_map(path: Union[str, os.PathLike]) -> bool:
+    """Whether ``torch.load(path, mmap=True)`` can map the tensors of a ``torch.save`` file: only the zip format
+    (torch.save's default) can; a legacy-format file (``_use_new_zipfile_serialization=False``) is read whole."""
+    with open(path, 'rb') as file:
+        return file.read(4) == b'PK\x03\x04' and zipfile.is_zipfile(path)
 
 
 def read_checkpoint(path: Union[str, os.PathLike], shown: Optional[str] = None, map_location: Any = 'cpu',
@@ -69,26 +85,32 @@ def read_checkpoint(path: Union[str, os.PathLike], shown: Optional[str] = None, 
     """``torch.load(path)`` without running code: only tensors, containers and :func:`checkpoint_globals`.
 
     Args:
-        path: a ``torch.save`` file.
+        path: a ``torch.save`` file, or an archive of one (a Composer ``.tar``, a ``.pt.gz``), which is unpacked
+            into a private temporary folder, its members checked (:func:`~composer_efficientnet.archives.unpacked`).
         shown: how the error names the file (a download's original address); ``'path'`` by default.
         map_location: as for ``torch.load``.
-        mmap: map the tensors from the file rather than reading them.
+        mmap: map the tensors from the file rather than reading them, where its format allows (see
+            :func:`can_map`; a legacy-format file is read whole).
 
     Raises:
-        UnsafeCheckpointError: the file names another global. Other read failures (a damaged file) are torch's.
+        UnsafeCheckpointError: the file names another global.
+        ArchiveError: an archive that is not unpacked (a member that would escape its folder, a link, ...).
+        Other read failures (a damaged file) are torch's.
     """
     path = os.fspath(path)
-    try:
-        with torch.serialization.safe_globals(checkpoint_globals()):
-            return torch.load(path, map_location=map_location, mmap=mmap, weights_only=True)
-    except pickle.UnpicklingError as error:
-        disallowed = _first_disallowed(error, path)
-        if disallowed is None:
-            raise
-        raise UnsafeCheckpointError(shown or f"'{path}'", disallowed) from None
+    with unpacked(path, shown) as plain:
+        try:
+            with torch.serialization.safe_globals(checkpoint_globals()):
+                return torch.load(plain, map_location=map_location, mmap=mmap and can_map(plain), weights_only=True)
+        except pickle.UnpicklingError as error:
+            disallowed = _first_disallowed(error, plain)
+            if disallowed is None:
+                raise
+            raise UnsafeCheckpointError(shown or f"'{path}'", disallowed) from None
 
 
 def disallowed_globals(path: Union[str, os.PathLike]) -> List[str]:
-    """Every global in a ``torch.save`` file that :func:`read_checkpoint` refuses, sorted (empty for ours)."""
-    with torch.serialization.safe_globals(checkpoint_globals()):
-        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(os.fspath(path)))
+    """Every global in a ``torch.save`` file (or an archive of one) that :func:`read_checkpoint` refuses, sorted
+    (empty for ours)."""
+    with unpacked(os.fspath(path)) as plain, torch.serialization.safe_globals(checkpoint_globals()):
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(plain))

@@ -18,6 +18,7 @@ from torch import nn
 
 from composer_efficientnet.backbones import EfficientNetFeatures
 from composer_efficientnet.efficientnet import MEMBERS, EfficientNet, make_divisible
+from composer_efficientnet.archives import ArchiveError
 from composer_efficientnet.safe_load import UnsafeCheckpointError, read_checkpoint
 
 __all__ = ['from_torchvision', 'from_timm', 'detect_format', 'read_state_dict', 'as_state_dict', 'to_native',
@@ -147,7 +148,8 @@ def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 
 def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
-    """Read a state dict from a ``.pth``/``.pt``/``.bin`` or ``.safetensors`` file, unwrapping the usual
+    """Read a state dict from a ``.pth``/``.pt``/``.bin`` or ``.safetensors`` file, or a Composer ``.tar`` or
+    ``.pt.gz`` archive (unpacked into a private temporary folder, its members checked), unwrapping the usual
     containers (``state_dict``, ``model``, a Composer checkpoint's ``state.model`` and ``module.`` prefixes)."""
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -165,6 +167,8 @@ def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
             loaded = load_file(path)
         else:
             loaded = read_checkpoint(path, shown=f"Pretrained weights file '{path}'")
+    except ArchiveError as error:  # a .tar or .pt.gz that would write outside its private folder, ...
+        raise WeightsError(str(error)) from None
     except UnsafeCheckpointError as error:
         raise WeightsError(f"Pretrained weights file '{path}' would run code when loaded (it needs "
                            f'{error.global_name}): a weights file is a state dict saved with torch.save or '

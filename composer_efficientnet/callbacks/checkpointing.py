@@ -11,7 +11,8 @@ gate that raises prevents the write.
 
 While :func:`checkpoints_without_code` is active, Composer reads every checkpoint it loads (a ``load_path``, an
 autoresume checkpoint, local or downloaded) with :func:`~composer_efficientnet.safe_load.read_checkpoint`,
-which refuses one that would run code, instead of ``torch.load(weights_only=False)``.
+which refuses one that would run code, instead of ``torch.load(weights_only=False)``; an archive is unpacked with
+its members checked (:mod:`composer_efficientnet.archives`), with or without ``load_trusted``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import glob
 import logging
 import os
 import re
-import shutil
 import zipfile
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
@@ -32,6 +32,12 @@ from composer.loggers import Logger
 from composer.utils import checkpoint as composer_checkpoint
 from composer.utils import dist, format_name_with_dist, partial_format
 
+from composer_efficientnet.outputs import PARTIAL_PREFIX
+from composer_efficientnet.outputs import free_space as _free_space
+from composer_efficientnet.outputs import fsync_directory as _fsync_directory
+from composer_efficientnet.outputs import os_error_in as _os_error_in
+from composer_efficientnet.outputs import partial_name as _partial_name
+from composer_efficientnet.archives import composer_unpacks_checked
 from composer_efficientnet.safe_load import read_checkpoint
 
 __all__ = ['AtomicCheckpointSaver', 'CHECKPOINT_FILENAME', 'CheckpointWriteError', 'LATEST_FILENAME', 'PARTIAL_PREFIX',
@@ -48,43 +54,14 @@ log = logging.getLogger(__name__)
 #: Composer's default names, which the recipe runner uses.
 CHECKPOINT_FILENAME = 'ep{epoch}-ba{batch}-rank{rank}.pt'
 LATEST_FILENAME = 'latest-rank{rank}.pt'
-#: Temporary files start with this; they never match a checkpoint name, so nothing ever loads one.
-PARTIAL_PREFIX = '.partial-'
+#: Temporary files start with PARTIAL_PREFIX (composer_efficientnet.outputs'); they never match a checkpoint name,
+#: so nothing ever loads one.
 
 Gate = Callable[[State], None]
 
 
 class CheckpointWriteError(Exception):
     """A checkpoint could not be written (a full disk, a lost mount); the message names it and what is intact."""
-
-
-def _os_error_in(error: BaseException) -> Optional[OSError]:
-    """The OSError behind ``error``, if any: ``torch.save`` reports a failed write as a RuntimeError."""
-    while error is not None and not isinstance(error, OSError):
-        error = error.__cause__ or error.__context__
-    return error
-
-
-def _free_space(folder: str) -> str:
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        return 'free space unknown'
-    return f'{free / 2**30:.1f} GiB free' if free >= 2**30 else f'{free / 2**20:.0f} MiB free'
-
-
-def _fsync_directory(path: str) -> None:
-    fd = os.open(path or '.', os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _partial_name(path: str) -> str:
-    """A hidden sibling of ``path`` that keeps its extension (Composer picks the format by extension)."""
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f'{PARTIAL_PREFIX}{os.getpid()}-{name}')
 
 
 def _publish(partial: str, path: str) -> None:
@@ -117,33 +94,59 @@ def _atomic_checkpoint_files() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def checkpoints_without_code(shown: Optional[str] = None) -> Iterator[None]:
+def checkpoints_without_code(shown: Optional[str] = None, trusted: bool = False) -> Iterator[None]:
     """While active, Composer reads the checkpoints it loads with ``weights_only`` and the allow-list of
     :func:`~composer_efficientnet.safe_load.read_checkpoint`, after its download (or decompression) and its
     optional validation, and before anything is unpickled: a file that would run code raises
     :class:`~composer_efficientnet.safe_load.UnsafeCheckpointError`, naming it ``shown`` (what the user gave, since
-    Composer reads a temporary copy) or else the copy read. Allowed files load as they would with Composer's reader.
+    Composer reads a temporary copy) or else the file Composer was asked to load. Allowed files load as they would
+    with Composer's reader.
+
+    Archives (``.tar``, ``.pt.gz``, ...) are unpacked into Composer's temporary folder with every member checked
+    (:func:`~composer_efficientnet.archives.composer_unpacks_checked`), never with Composer's ``extractall`` or
+    beside the original; with ``trusted`` that is all that is done, and Composer unpickles the files itself.
     """
-    load_unsafely = composer_checkpoint._torch_load_with_validation
+    sources: Dict[str, str] = {}
+    with composer_unpacks_checked(sources):
+        if trusted:
+            yield
+            return
+        load_unsafely = composer_checkpoint._torch_load_with_validation
 
-    def load_without_code(checkpoint_filepath: str, map_location: str) -> Any:
-        validated = composer_checkpoint._ensure_valid_checkpoint(checkpoint_filepath)
-        return read_checkpoint(validated, shown=shown, map_location=map_location)
+        def load_without_code(checkpoint_filepath: str, map_location: str) -> Any:
+            validated = composer_checkpoint._ensure_valid_checkpoint(checkpoint_filepath)
+            return read_checkpoint(validated, shown=shown or sources.get(str(checkpoint_filepath)),
+                                   map_location=map_location)
 
-    composer_checkpoint._torch_load_with_validation = load_without_code
-    try:
-        yield
-    finally:
-        composer_checkpoint._torch_load_with_validation = load_unsafely
+        composer_checkpoint._torch_load_with_validation = load_without_code
+        try:
+            yield
+        finally:
+            composer_checkpoint._torch_load_with_validation = load_unsafely
 
 
 def replace_symlink(target: str, link: str) -> None:
-    """Point ``link`` at ``target`` (relative to the link's folder) in one rename; the link is never missing."""
+    """Point ``link`` at ``target`` (relative to the link's folder) in one rename; the link is never missing.
+
+    A link that cannot be made (a file system out of inodes or space, read-only, ...) raises
+    :class:`CheckpointWriteError`, whose one line names the link, the reason, the free space and what the link
+    still names; the temporary link is removed.
+    """
     partial = _partial_name(link)
-    if os.path.lexists(partial):  # left by an earlier failure of this process
-        os.remove(partial)
-    os.symlink(os.path.relpath(target, os.path.dirname(link) or '.'), partial)
-    _publish(partial, link)
+    try:
+        if os.path.lexists(partial):  # left by an earlier failure of this process
+            os.remove(partial)
+        os.symlink(os.path.relpath(target, os.path.dirname(link) or '.'), partial)
+        _publish(partial, link)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        folder = os.path.dirname(link) or '.'
+        name = os.path.basename(link)
+        kept = f'{name} still points at {os.readlink(link)}' if os.path.islink(link) else f'there is no {name} yet'
+        raise CheckpointWriteError(f'could not point {name} in {folder} at {os.path.basename(target)}: '
+                                   f'{error.strerror or error} ({_free_space(folder)}); {os.path.basename(target)} '
+                                   f'is complete, {kept}; nothing partial was left') from error
 
 
 def is_complete_checkpoint(path: str) -> bool:
