@@ -13,6 +13,7 @@ from composer.models import ComposerClassifier
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from composer_efficientnet import algorithms  # noqa: F401  (lets Composer's StochasticDepth target our blocks)
 from composer_efficientnet import weights
 from composer_efficientnet.backbones import EfficientNetFeatures
 from composer_efficientnet.efficientnet import EfficientNet, canonical_name

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import os
 import re
 import typing
@@ -23,7 +24,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from composer_efficientnet import registry
-from composer_efficientnet.efficientnet import MEMBERS, canonical_name
+from composer_efficientnet.efficientnet import MEMBERS, canonical_name, check_arguments
 
 __all__ = ['RecipeError', 'RecipeErrors', 'Entry', 'Recipe', 'load_recipe', 'validate', 'mistakes_of', 'PRECISIONS',
            'DATASET_CONTEXT']
@@ -77,7 +78,7 @@ class _Mistakes:
 PRECISIONS = {'amp': 'amp_fp16', 'fp16': 'amp_fp16', 'fp32': 'fp32', 'bf16': 'amp_bf16', 'amp_fp16': 'amp_fp16',
               'amp_bf16': 'amp_bf16', 'amp_fp8': 'amp_fp8'}
 #: Keyword-only arguments the runner gives dataset builders; never set by a recipe.
-DATASET_CONTEXT = ('batch_size', 'seed', 'dataloader_kwargs', 'model_resolution')
+DATASET_CONTEXT = ('batch_size', 'seed', 'dataloader_kwargs', 'model_resolution', 'model_num_classes')
 DATALOADER_KEYS = {'num_workers': int, 'pin_memory': bool, 'timeout': (int, float), 'prefetch_factor': int,
                    'persistent_workers': bool, 'multiprocessing_context': str}
 
@@ -120,8 +121,17 @@ class Entry:
         accepted = inspect.signature(self.target).parameters
         try:
             return self.target(*args, **self.params, **{k: v for k, v in context.items() if k in accepted})
-        except (ValueError, TypeError, OSError, ImportError) as error:
-            raise RecipeError(self.key, str(error)) from error
+        except (ValueError, TypeError, OSError, ImportError, AttributeError, KeyError) as error:
+            raise RecipeError(self.key, _reason(error)) from error
+
+
+def _reason(error: Exception) -> str:
+    """One line for an error a constructor raised: a KeyError's message when it has one (its ``str()`` quotes
+    it), else the key it names."""
+    if isinstance(error, KeyError) and len(error.args) == 1:
+        key = error.args[0]
+        return key if isinstance(key, str) and ' ' in key.strip() else f'no entry {key!r} (KeyError)'
+    return str(error) or type(error).__name__
 
 
 @dataclass
@@ -273,6 +283,9 @@ def validate(config: Dict[str, Any], world_size: int = 1, purpose: Literal['trai
             mistakes.errors.append(RecipeError(key, f'must be {" or ".join(t.__name__ for t in types)}, got '
                                                f'{config[key]!r}'))
             config.pop(key)  # the checks below read only well-typed settings
+        elif config.get(key) is not None and (non_finite := _non_finite(key, config[key])):
+            mistakes.errors.extend(non_finite)  # the dataloader's options and compile's included
+            config.pop(key)
     singles = {key: mistakes.check(_entries, config, key, reg, single=True) or [None]
                for key, reg in _SINGLE.items() if config.get(key)}
     many = {key: mistakes.check(_entries, config, key, reg, single=False) or [] for key, reg in _MANY.items()}
@@ -280,13 +293,15 @@ def validate(config: Dict[str, Any], world_size: int = 1, purpose: Literal['trai
                     optimizer=singles.get('optimizers', [None])[0], val_dataset=singles.get('val_dataset', [None])[0],
                     settings={k: config[k] for k in _SCALARS if config.get(k) is not None}, world_size=world_size,
                     **many)
-    for check in (_check_batches, _check_times, _check_algorithms):
+    for check in (_check_batches, _check_times, _check_model, _check_optimizer, _check_schedulers, _check_algorithms):
         mistakes.check(check, recipe)
     mistakes.check(_check_dataloader, recipe.settings.get('dataloader', {}))
     recipe.precision = mistakes.check(_precision, recipe.settings.get('precision'))
     mistakes.check(_check_device, recipe.settings.get('device'))
     mistakes.check(_check_autoresume, recipe.settings)
     mistakes.check(_check_run_settings, recipe.settings)
+    if purpose == 'train':
+        mistakes.check(_check_save_folder_writable, recipe.settings)
     level = recipe.settings.get('python_log_level')
     if level is not None and level.upper() not in _LOG_LEVELS:
         mistakes.errors.append(RecipeError('python_log_level', f'unknown level {level!r}; valid: '
@@ -352,9 +367,29 @@ def _check_params(key: str, target: Callable[..., Any], params: Dict[str, Any], 
         hint = hints.get(name)
         if hint is not None and not _matches(value, hint):
             mistakes.errors.append(RecipeError(f'{key}.{name}', f'must be {_describe(hint)}, got {value!r}'))
+        else:
+            default = accepted[name].default if name in accepted else None
+            mistakes.errors.extend(_non_finite(f'{key}.{name}', value, default))
     if reg is registry.datasets and 'datadir' in params and not os.path.isdir(str(params['datadir'])):
         mistakes.errors.append(RecipeError(f'{key}.datadir', f"directory '{params['datadir']}' does not exist"))
     mistakes.raise_any()
+
+
+def _floats(key: str, value: Any) -> List[Tuple[str, float]]:
+    """Every float in ``value`` (a number, or lists and mappings of them), each with its dotted key."""
+    if isinstance(value, float):
+        return [(key, value)]
+    items = enumerate(value) if isinstance(value, (list, tuple)) else value.items() if isinstance(value, dict) else ()
+    return [found for name, item in items for found in _floats(f'{key}.{name}', item)]
+
+
+def _non_finite(key: str, value: Any, default: Any = None) -> List[RecipeError]:
+    """The recipe's one check of non-finite numbers: a mistake for each NaN in ``value``, which no parameter
+    means, and for each infinity unless the parameter's ``default`` is infinite itself (no registered target's
+    is; one registered from elsewhere may have one)."""
+    infinite_ok = any(math.isinf(number) for _, number in _floats('', default))
+    return [RecipeError(where, f'must be a finite number, got {number!r}') for where, number in _floats(key, value)
+            if math.isnan(number) or math.isinf(number) and not infinite_ok]
 
 
 def _type_hints(target: Callable[..., Any]) -> Dict[str, Any]:
@@ -476,12 +511,121 @@ def _check_warmup_units(recipe: Recipe, duration: Time) -> None:
         defaults = inspect.signature(entry.target).parameters
         if 't_warmup' not in defaults or 't_max' not in defaults:
             continue
-        times = {name: _time(f'{entry.key}.{name}', entry.params.get(name, defaults[name].default), "'1ep', '500ba'")
-                 for name in ('t_warmup', 't_max')}
+        try:
+            times = {name: _time(f'{entry.key}.{name}', entry.params.get(name, defaults[name].default),
+                                 "'1ep', '500ba'") for name in ('t_warmup', 't_max')}
+        except RecipeError:  # a time that is not one: _check_schedulers says so
+            continue
         if counted_in(times['t_warmup']) != counted_in(times['t_max']):
             raise RecipeError(f'{entry.key}.t_warmup', f"{times['t_warmup']} and t_max {times['t_max']} (with "
                               f'max_duration {duration}) count different units; Composer needs both in epochs or '
                               'batches, or both in samples (dur is a share of max_duration)')
+
+
+def _check_model(recipe: Recipe) -> None:
+    """Our members' numbers in range (``num_classes``, ``dropout``, ``drop_connect_rate``, ``bn_momentum``,
+    ``bn_eps``), by the check the model builder makes itself
+    (:func:`~composer_efficientnet.efficientnet.check_arguments`), here before data or a model is built."""
+    entry = recipe.model
+    if entry is None:
+        return
+    try:
+        canonical_name(entry.name)
+    except ValueError:  # a model registered from elsewhere checks its own
+        return
+    names = inspect.signature(check_arguments).parameters
+    try:  # None: the member's own value
+        check_arguments(**{name: value for name, value in entry.params.items() if name in names and value is not None})
+    except ValueError as error:
+        raise RecipeError(entry.key, str(error)) from None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _optimizer_problem(name: str, value: Any) -> Optional[str]:
+    """What is wrong with an optimizer's ``lr``, ``weight_decay``, ``momentum``, ``eps`` or ``betas`` (torch's and
+    Composer's names), if anything."""
+    if name in ('lr', 'weight_decay', 'momentum', 'eps') and _number(value) and value < 0:
+        return 'must be 0 or more'
+    if name == 'betas' and not (isinstance(value, (list, tuple)) and len(value) == 2
+                                and all(_number(beta) and 0 <= beta < 1 for beta in value)):
+        return 'must be two numbers in [0, 1), the decay rates of the gradient\'s running averages'
+    return None
+
+
+def _check_optimizer(recipe: Recipe) -> None:
+    """The optimizer's numbers in range, then what the optimizer itself checks when it is made (torch's Nesterov
+    momentum needs a momentum, ...), on a stand-in parameter: refused before the model is built."""
+    entry = recipe.optimizer
+    if entry is None:
+        return
+    mistakes = _Mistakes()
+    for name, value in entry.params.items():
+        problem = _optimizer_problem(name, value)
+        if problem:
+            mistakes.errors.append(RecipeError(f'{entry.key}.{name}', f'{problem}, got {value!r}'))
+    mistakes.raise_any()
+    try:
+        entry.target([torch.zeros(1, requires_grad=True)], **entry.params)
+    except ValueError as error:
+        raise RecipeError(entry.key, str(error).splitlines()[0] if str(error) else repr(error)) from None
+    except Exception:  # noqa: BLE001 - anything else may depend on the real parameters or device: the run's
+        pass
+
+
+#: Composer's schedulers: multipliers of the learning rate and how they change, with their lowest values.
+_SCHEDULER_NUMBERS = {
+    'alpha': (0, 'a multiplier of the learning rate: 0 or more'),
+    'alpha_i': (0, 'a multiplier of the learning rate: 0 or more'),
+    'alpha_f': (0, 'a multiplier of the learning rate: 0 or more'),
+    'gamma': (0, 'must be 0 or more (a negative one makes the learning rate negative, or complex)'),
+    'power': (0, "must be 0 or more (a negative one divides by zero at the schedule's end)"),
+    't_mult': (1, 'must be 1 or more (Composer rounds each cycle down, so shorter ones shrink to 0 batches, '
+                  'where it fails mid-run)'),
+}
+#: Composer's schedulers' times: lengths must be positive; t_warmup and milestones may be 0.
+_SCHEDULER_LENGTHS = ('t_max', 't_0', 'decay_period', 'step_size')
+_SCHEDULER_TIMES = (*_SCHEDULER_LENGTHS, 't_warmup')
+_SCHEDULER_EXAMPLES = "'1ep', '500ba' or '0.5dur'"
+
+
+def _scheduler_time(key: str, value: Any, length: bool) -> None:
+    if isinstance(value, Time):
+        return
+    if not isinstance(value, str):  # Composer's schedulers parse only strings
+        raise RecipeError(key, f'must be a time such as {_SCHEDULER_EXAMPLES} (a string: Composer\'s schedulers take '
+                          f'no bare numbers), got {value!r}')
+    try:
+        time = Time.from_timestring(value)
+    except (ValueError, TypeError):
+        raise RecipeError(key, f'must be a Composer time such as {_SCHEDULER_EXAMPLES} (ep, ba and sp count whole '
+                          f'units), got {value!r}') from None
+    if time.unit in (TimeUnit.SECOND, TimeUnit.TOKEN):
+        raise RecipeError(key, f"{value!r} counts {time.unit.name.lower()}s, which Composer's schedulers do not "
+                          'take here; use ep, ba, sp or dur')
+    if time.value < 0 or length and time.value == 0:
+        raise RecipeError(key, f'must be {"positive" if length else "0 or more"}, got {value!r}')
+
+
+def _check_schedulers(recipe: Recipe) -> None:
+    """Each scheduler's multipliers and times in range (Composer checks none, and fails mid-run or trains with a
+    negative learning rate)."""
+    mistakes = _Mistakes()
+    for entry in recipe.schedulers:
+        if not getattr(entry.target, '__module__', '').startswith('composer.'):
+            continue  # registered from elsewhere: its names may mean other things
+        for name, value in entry.params.items():
+            key = f'{entry.key}.{name}'
+            if name in _SCHEDULER_NUMBERS and _number(value) and value < _SCHEDULER_NUMBERS[name][0]:
+                mistakes.errors.append(RecipeError(key, f'{_SCHEDULER_NUMBERS[name][1]}, got {value!r}'))
+            elif name in _SCHEDULER_TIMES:
+                mistakes.check(_scheduler_time, key, value, name in _SCHEDULER_LENGTHS)
+            elif name == 'milestones' and isinstance(value, (list, tuple)):
+                for position, milestone in enumerate(value):
+                    mistakes.check(_scheduler_time, f'{key}.{position}', milestone, False)
+    mistakes.raise_any()
 
 
 def _check_algorithms(recipe: Recipe) -> None:
@@ -515,6 +659,20 @@ def _check_run_settings(settings: Dict[str, Any]) -> None:
     if folder is not None and (not folder.strip() or os.path.isfile(folder)):
         problem = 'is empty' if not folder.strip() else f"'{folder}' is a file"
         raise RecipeError('save_folder', f'{problem}; give a directory for the checkpoints, or null to write none')
+
+
+def _check_save_folder_writable(settings: Dict[str, Any]) -> None:
+    """A training run's local ``save_folder`` must be a folder it can write checkpoints in, or one it can create
+    (Composer makes it): checked before anything is built, as the first checkpoint would fail only after training
+    to it (``eval`` only reads the folder, so a read-only one is fine there)."""
+    from composer_efficientnet.outputs import folder_problem
+    folder = settings.get('save_folder')
+    if not folder or not folder.strip() or '://' in folder or os.path.isfile(folder):
+        return  # no checkpoints, an object store, or a mistake _check_run_settings names
+    problem = folder_problem(folder, create=True)
+    if problem:
+        raise RecipeError('save_folder', f'{problem}; give a folder the run can write its checkpoints in, or null to '
+                          'write none')
 
 
 def _check_autoresume(settings: Dict[str, Any]) -> None:

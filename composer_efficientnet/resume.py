@@ -8,22 +8,26 @@ built.
 
 No checkpoint runs code when loaded, unless the recipe sets ``load_trusted: true``: every file read here, and
 every file Composer loads while :func:`checkpoint_must_fit` builds the Trainer (a local or downloaded
-``load_path``, an autoresume checkpoint), is read without unpickling anything but tensors and plain types
+``load_path``, an autoresume checkpoint) or while :func:`loads_checked` is active (a fit, with its
+``load_checkpoint`` callbacks), is read without unpickling anything but tensors and plain types
 (:mod:`composer_efficientnet.safe_load`), and one that would run code is a one-line :class:`RecipeError`.
+Archives (``.tar``, ``.pt.gz``) are unpacked into a private temporary folder after every member is checked
+(:mod:`composer_efficientnet.archives`), ``load_trusted`` or not: one that would write outside it is a
+:class:`RecipeError` too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Optional, TypeVar
 
 import torch
 from composer.core import Timestamp
-from composer.utils import (dist, ensure_folder_has_no_conflicting_files, format_name_with_dist, is_compressed_pt,
-                            parse_uri)
+from composer.utils import dist, ensure_folder_has_no_conflicting_files, format_name_with_dist, parse_uri
 from torch.nn.parallel import DistributedDataParallel
 
 from composer_efficientnet.callbacks.checkpointing import (CHECKPOINT_FILENAME, LATEST_FILENAME,
@@ -32,10 +36,12 @@ from composer_efficientnet.callbacks.checkpointing import (CHECKPOINT_FILENAME, 
                                                            point_latest_at)
 from composer_efficientnet.efficientnet import canonical_name
 from composer_efficientnet.recipe import Entry, Recipe, RecipeError
-from composer_efficientnet.safe_load import UnsafeCheckpointError, read_checkpoint
+from composer_efficientnet.archives import ArchiveError, unpacked
+from composer_efficientnet.safe_load import UnsafeCheckpointError, can_map, read_checkpoint
 
 __all__ = ['ResumeMismatchError', 'checkpoint_savers', 'check_autoresume', 'check_checkpoint', 'check_no_earlier_run',
-           'check_of_this_run', 'checkpoint_must_fit', 'newest_run_checkpoint', 'run_identity', 'stored_identity']
+           'check_of_this_run', 'checkpoint_must_fit', 'loads_checked', 'newest_run_checkpoint', 'run_identity',
+           'stored_identity']
 
 
 T = TypeVar('T')
@@ -96,14 +102,17 @@ def _trusted(recipe: Recipe) -> bool:
 
 
 def _load_lazily(checkpoint: str, trusted: bool, key: str) -> Any:
-    """A checkpoint's contents, its tensors mapped from the file rather than read; without running code it
-    carries unless ``trusted``. A file that would run code, or cannot be read, is a :class:`RecipeError` at
+    """A checkpoint's contents, its tensors mapped from the file rather than read (read whole from a
+    legacy-format file, which cannot be mapped); without running code it carries unless ``trusted``. An archive is
+    unpacked into a private temporary folder, its members checked, ``trusted`` or not. A file that would run code,
+    an archive that would write outside that folder, or a file that cannot be read, is a :class:`RecipeError` at
     ``key``."""
     try:
         if trusted:
-            return torch.load(checkpoint, map_location='cpu', mmap=True, weights_only=False)
+            with unpacked(checkpoint) as plain:
+                return torch.load(plain, map_location='cpu', mmap=can_map(plain), weights_only=False)
         return read_checkpoint(checkpoint, mmap=True)
-    except UnsafeCheckpointError as error:
+    except (UnsafeCheckpointError, ArchiveError) as error:
         raise RecipeError(key, str(error)) from None
     except Exception as error:  # noqa: BLE001 - any unreadable file is reported the same way
         raise RecipeError(key, f"cannot read checkpoint '{checkpoint}': {error}") from None
@@ -116,8 +125,14 @@ def _saved_state(checkpoint: Any) -> Dict[str, Any]:
 
 
 def _identity_in(state: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    saver_state = state.get('callbacks', {}).get(AtomicCheckpointSaver.__qualname__, {})
-    return saver_state.get('metadata', {}).get('recipe')
+    """The identity our saver recorded in a checkpoint's ``state``: ``state.callbacks`` (Composer's mapping of
+    callback names to states) -> ``AtomicCheckpointSaver`` -> ``metadata`` -> ``recipe``. ``None`` when anything on
+    that path is missing or of another shape (``callbacks`` a list, say): such a file was not written by our saver,
+    so it has no identity to compare, as a checkpoint of Composer's own saver has none."""
+    found: Any = state
+    for key in ('callbacks', AtomicCheckpointSaver.__qualname__, 'metadata', 'recipe'):
+        found = found.get(key) if isinstance(found, dict) else None
+    return found if isinstance(found, dict) else None
 
 
 def stored_identity(checkpoint: str, trusted: bool = False) -> Optional[Dict[str, Any]]:
@@ -219,23 +234,18 @@ def _local_file(path: str, recipe: Recipe) -> Optional[str]:
     return None if parse_uri(path)[0] else format_name_with_dist(path, recipe.settings.get('run_name') or '')
 
 
-def _readable(local: str) -> bool:
-    return not (is_compressed_pt(local) or local.endswith('.tar'))  # those Composer unpacks itself
-
-
 def check_checkpoint(path: str, recipe: Recipe, key: str = 'load_path') -> Dict[str, Any]:
     """Stop with a :class:`RecipeError` at ``key`` (the setting that chose ``path``) unless a local checkpoint is
     a readable Composer checkpoint that runs no code when loaded (or ``load_trusted: true``); a torchvision, timm
     or plain state-dict file is pointed to the model's ``pretrained``. A remote one is checked by
-    :func:`checkpoint_must_fit`, once Composer has downloaded it. Returns the checkpoint's saved state (its
-    tensors mapped from the file), empty for one that Composer downloads or unpacks itself."""
+    :func:`checkpoint_must_fit`, once Composer has downloaded it. An archive (``.tar``, ``.pt.gz``) is read from
+    a private temporary folder, its members checked first. Returns the checkpoint's saved state (its tensors
+    mapped from the file), empty for one that Composer downloads."""
     local = _local_file(path, recipe)
     if local is None:
         return {}  # a remote checkpoint is Composer's to download
     if not os.path.isfile(local):
         raise RecipeError(key, f"file '{local}' does not exist")
-    if not _readable(local):
-        return {}
     state = _saved_state(_load_lazily(local, _trusted(recipe), key))
     if 'model' not in state:
         raise RecipeError(key, f"'{local}' is not a Composer checkpoint; for a torchvision, timm or plain "
@@ -267,7 +277,7 @@ def checkpoint_must_fit(recipe: Recipe, path: Optional[str], build: Callable[[],
                   else str(error))
         raise RecipeError(key, _misfit(path, recipe, detail)) from error
     local = None if path is None else _local_file(path, recipe)
-    if local is not None and _readable(local):
+    if local is not None:
         model = trainer.state.model
         model = model.module if isinstance(model, DistributedDataParallel) else model
         stored = _load_lazily(local, _trusted(recipe), key)['state']['model']
@@ -282,18 +292,30 @@ def checkpoint_must_fit(recipe: Recipe, path: Optional[str], build: Callable[[],
 
 
 def _build_without_code(recipe: Recipe, path: Optional[str], build: Callable[[], T], key: str) -> T:
-    """``build()``, during which Composer loads no checkpoint that would run code, unless ``load_trusted``."""
-    if _trusted(recipe):
-        return build()
+    """``build()``, during which Composer loads no checkpoint that would run code, unless ``load_trusted``, and
+    unpacks no archive that breaks a rule of :mod:`composer_efficientnet.archives`, trusted or not."""
     settings = recipe.settings
     if path is None and settings.get('autoresume') and settings.get('save_folder'):
         shown, key = f"the latest checkpoint of save_folder '{settings['save_folder']}'", 'autoresume'
     else:
         shown = None if path is None else f"'{path}'"
     try:
-        with checkpoints_without_code(shown):
+        with checkpoints_without_code(shown, trusted=_trusted(recipe)):
             return build()
-    except UnsafeCheckpointError as error:
+    except (UnsafeCheckpointError, ArchiveError) as error:
+        raise RecipeError(key, str(error)) from None
+
+
+@contextlib.contextmanager
+def loads_checked(recipe: Recipe, key: str = 'callbacks.load_checkpoint.load_path') -> Iterator[None]:
+    """While active (around ``trainer.fit()``), every checkpoint Composer loads, such as a ``load_checkpoint``
+    callback's at any event, downloaded or not, is read as while :func:`checkpoint_must_fit` builds the Trainer:
+    without running code unless ``load_trusted``, archives unpacked with their members checked. One that is
+    refused is a :class:`RecipeError` at ``key``."""
+    try:
+        with checkpoints_without_code(trusted=_trusted(recipe)):
+            yield
+    except (UnsafeCheckpointError, ArchiveError) as error:
         raise RecipeError(key, str(error)) from None
 
 
@@ -308,7 +330,7 @@ def _names_model_weights(error: BaseException) -> bool:
 def _misfit(path: str, recipe: Recipe, detail: str) -> str:
     detail = detail if len(detail) <= 240 else detail[:240] + ' ...'
     local = _local_file(path, recipe)
-    stored = stored_identity(local, _trusted(recipe)) if local is not None and _readable(local) else None
+    stored = stored_identity(local, _trusted(recipe)) if local is not None else None
     path = local or path
     written_by = (f" (it was written by a run of {stored['model']} with num_classes {stored.get('model.num_classes')})"
                   if stored and 'model' in stored else '')

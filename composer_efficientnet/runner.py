@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import signal
 import sys
@@ -125,13 +126,26 @@ def configure_cudnn(settings: Dict[str, Any], device: str) -> None:
         torch.backends.cudnn.benchmark = settings.get('cudnn_benchmark', not settings.get('deterministic_mode'))
 
 
+def _model_num_classes(recipe: Recipe) -> Optional[int]:
+    """The number of classes the recipe's model is built with (its ``num_classes``, or that parameter's default),
+    for datasets that check labels as they read them; ``None`` for a model without the parameter."""
+    value = recipe.model.params.get('num_classes', inspect.Parameter.empty)
+    if value is inspect.Parameter.empty:
+        try:
+            parameter = inspect.signature(recipe.model.target).parameters.get('num_classes')
+        except (TypeError, ValueError):
+            parameter = None
+        value = None if parameter is None else parameter.default
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def build_data(recipe: Recipe, entry: Entry, global_batch_size: int) -> DataSpec:
     """One dataset section's data for this process: its share of the global batch, with the recipe's seed,
     dataloader options and the model's native resolution. Our DataSpecs are placed on the run's device, so
     that algorithms see normalized images on it (:class:`~composer_efficientnet.data.loading.DeviceDataSpec`)."""
     spec = entry.build(batch_size=global_batch_size // recipe.world_size, seed=recipe.settings.get('seed', 17),
                        dataloader_kwargs=recipe.settings.get('dataloader', {}),
-                       model_resolution=recipe.model_resolution)
+                       model_resolution=recipe.model_resolution, model_num_classes=_model_num_classes(recipe))
     if isinstance(spec, DeviceDataSpec):
         spec.place_on(run_device(recipe))
     return spec

@@ -17,6 +17,8 @@ checks the sizes of the batches the model will see, once the data is built.
 from __future__ import annotations
 
 import inspect
+import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
@@ -75,6 +77,11 @@ def _check_stochastic_depth(entry: Entry, recipe: Recipe) -> None:
     _refuse_unless(_param(entry, 'stochastic_method') == 'sample', entry, 'stochastic_method',
                    "our blocks drop samples only: use stochastic_method: sample")
     _refuse_unless(0 <= _param(entry, 'drop_rate') < 1, entry, 'drop_rate', 'must be in [0, 1)')
+
+
+def _check_label_smoothing(entry: Entry, recipe: Recipe) -> None:
+    _refuse_unless(0 <= _param(entry, 'smoothing') < 1, entry, 'smoothing', 'must be in [0, 1) (1 makes every '
+                   'target uniform, so nothing is learned)')
 
 
 def _check_colout(entry: Entry, recipe: Recipe) -> None:
@@ -206,7 +213,7 @@ SUPPORT: Dict[str, Support] = {
                                check=_check_ghost_batchnorm),
     'gradient_clipping': Support('clips gradients after each batch', check=_check_gradient_clipping),
     'gyro_dropout': Support('replaces the classifier dropout', check=_check_gyro_dropout),
-    'label_smoothing': Support('ours: fused into the loss'),
+    'label_smoothing': Support('ours: fused into the loss', check=_check_label_smoothing),
     'layer_freezing': Support('freezes the earliest layers as training goes', check=_check_layer_freezing),
     'low_precision_groupnorm': Support('refused: no GroupNorm', 'runs GroupNorm in low precision; ' + _NOTHING),
     'low_precision_layernorm': Support('refused: no LayerNorm', 'runs LayerNorm in low precision; ' + _NOTHING),
@@ -275,6 +282,25 @@ def _check_algorithm(entry: Entry, recipe: Recipe) -> None:
             raise RecipeError(f'{entry.key}.{name}', f'must be {key}: our batches are (images, labels)')
     if support.check is not None:
         support.check(entry, recipe)
+    _check_made(entry)
+
+
+def _check_made(entry: Entry) -> None:
+    """What the algorithm checks itself when it is made (EMA's half_life or smoothing, progressive resizing's
+    fractions, ...), now rather than once data is built; quietly, as the run makes it again and says its warnings."""
+    previous = logging.root.manager.disable
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        logging.disable(logging.CRITICAL)
+        try:
+            entry.target(**entry.params)
+        except (ValueError, TypeError, NotImplementedError) as error:
+            raise RecipeError(entry.key, str(error).strip().splitlines()[0] if str(error).strip()
+                              else type(error).__name__) from None
+        except Exception:  # noqa: BLE001 - anything else (a missing package, ...) is the run's to report
+            pass
+        finally:
+            logging.disable(previous)
 
 
 def _train_image_side(recipe: Recipe) -> Optional[int]:
