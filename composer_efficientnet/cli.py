@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Iterable, List, Optional
+
+from composer_efficientnet.arguments import PARSERS, parse, positive
 
 __all__ = ['main', 'family_table']
 
@@ -57,8 +60,8 @@ def memory_table(names: Optional[Iterable[str]] = None) -> List[List[str]]:
     import torch
 
     from composer_efficientnet import EfficientNet
-    from composer_efficientnet.benchmark import activation_bytes_per_image
     from composer_efficientnet.efficientnet import MEMBERS
+    from composer_efficientnet.memory import activation_bytes_per_image
     rows = [['member', 'px', 'default MB/img', 'lean MB/img', 'lean/default', 'bf16 batch @80GB default', 'lean']]
     for name in MEMBERS if names is None else names:
         size = MEMBERS[name].resolution
@@ -122,12 +125,8 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _workers(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number of processes, got '{text}'")
-    return int(text)
-
-
+#: The commands that run a model, each in a module of its own (imported only to run it), by the name typed.
+COMMANDS = {'train': 'train', 'eval': 'evaluate', 'export': 'export', 'predict': 'predict', 'benchmark': 'benchmark'}
 KINDS = ('models', 'algorithms', 'callbacks', 'loggers', 'optimizers', 'schedulers', 'datasets')
 
 
@@ -155,22 +154,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                          'one folder per split')
     convert.add_argument('--split', metavar='NAME', help='convert --src as the single split NAME, laid out as '
                          '<class>/<image>, into OUT/NAME')
-    convert.add_argument('--workers', type=_workers, metavar='N', help='processes reading and checking images '
-                         '(default: the cores of this machine); the shards are the same for any N')
+    convert.add_argument('--workers', type=positive('number of processes'), metavar='N', help='processes reading '
+                         'and checking images (default: the cores of this machine); the shards are the same for any N')
     convert.add_argument('--strict', action='store_true', help='stop at the first unreadable image and remove what '
                          'was written, instead of skipping it and naming it in the summary')
-    if argv and argv[0] == 'train':
-        from composer_efficientnet import train
-        return train.main(argv[1:])
-    if argv and argv[0] == 'eval':
-        from composer_efficientnet import evaluate
-        return evaluate.main(argv[1:])
-    if argv and argv[0] in ('export', 'predict'):
-        from composer_efficientnet import export, predict
-        return {'export': export, 'predict': predict}[argv[0]].main(argv[1:])
-    if argv and argv[0] == 'benchmark':
-        from composer_efficientnet import benchmark
-        return benchmark.main(argv[1:])
+    if argv and argv[0] in COMMANDS:
+        # Parsed here first, so that --help and a mistyped line answer before the command's module imports torch
+        # and Composer; its main parses the line again, the same way.
+        parse(PARSERS[argv[0]](), argv[1:])
+        return importlib.import_module(f'composer_efficientnet.{COMMANDS[argv[0]]}').main(argv[1:])
     args = parser.parse_args(argv)
     return {'list': _list, 'info': _info, 'convert-dataset': _convert}[args.command](args)
 

@@ -11,11 +11,11 @@ metrics are reduced over all of them, counting every image once.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
 import sys
+import traceback
 import warnings
 from typing import Any, Dict, List, Optional
 
@@ -24,8 +24,10 @@ from composer import Trainer
 from composer.utils import dist, parse_uri, reproducibility
 
 import composer_efficientnet
+from composer_efficientnet.arguments import eval_parser, parse
 from composer_efficientnet.data import DATA_ERRORS
 from composer_efficientnet.data.errors import message_of
+from composer_efficientnet.outputs import OutputError, atomic_output, output_problem
 from composer_efficientnet.recipe import Recipe, RecipeError, load_recipe, validate
 from composer_efficientnet.resume import check_checkpoint, check_of_this_run, checkpoint_must_fit, newest_run_checkpoint
 from composer_efficientnet.runner import (build_data, check_data_fits, held_out_metrics,
@@ -99,28 +101,13 @@ def _record(recipe: Recipe, trainer: Trainer, source: str, results: Dict[str, fl
             'versions': {'composer_efficientnet': composer_efficientnet.__version__, 'torch': torch.__version__}}
 
 
-def _unwritable(path: str) -> Optional[str]:
-    """Why the results could not be written to ``path``, checked before the evaluation runs."""
-    if os.path.isdir(path):
-        return f"'{path}' is a directory; give a file name, such as {os.path.join(path, 'eval.json')}"
-    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-        return f"folder '{os.path.dirname(path)}' does not exist"
-    return None
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     """Validate the recipe for evaluation, load the weights, evaluate, print (and with ``--json`` write) the
     results; recipe mistakes exit with status 2 and one line on stderr."""
-    parser = argparse.ArgumentParser(prog='composer-efficientnet eval',
-                                     description=__doc__.splitlines()[0].replace('``', ''))
-    parser.add_argument('recipe', help='path to a YAML recipe')
-    parser.add_argument('overrides', nargs='*', help='dotted.key=value overrides, e.g. load_path=run/latest-rank0.pt')
-    parser.add_argument('--json', metavar='PATH', help='also write the results to this JSON file')
-    parser.add_argument('--debug', action='store_true', help='show tracebacks instead of one-line errors')
-    args = parser.parse_args(argv)
+    args = parse(eval_parser(), argv)
     ignore_short_last_batch_warnings()
     log_around_progress_bars()
-    json_problem = args.json and _unwritable(args.json)
+    json_problem = args.json and output_problem(args.json, 'eval.json')  # before the evaluation, not after
     if json_problem:
         print(f'composer-efficientnet: --json: {json_problem}', file=sys.stderr)
         return 2
@@ -130,11 +117,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         results = evaluate(trainer)
     except RecipeError as error:
         if args.debug:
-            raise
+            traceback.print_exc()
         return report_recipe_error(error)
     except DATA_ERRORS as error:
         if args.debug:
-            raise
+            traceback.print_exc()
         status(f'composer-efficientnet: {message_of(error)}', sys.stderr)  # beside the progress bar
         return 2
     source = trainer.state.load_path or recipe.model.params['pretrained']
@@ -144,8 +131,14 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"top-1: {results['top-1']:.2f}%\ntop-5: {results['top-5']:.2f}%\n"
               f"cross-entropy: {results['cross-entropy']:.4f}", flush=True)
         if args.json:
-            with open(args.json, 'w') as file:
-                json.dump(_record(recipe, trainer, source, results), file, indent=2)
+            try:
+                with atomic_output(args.json, '--json', 'w') as file:
+                    json.dump(_record(recipe, trainer, source, results), file, indent=2)
+            except OutputError as error:
+                if args.debug:
+                    traceback.print_exc()
+                print(f'composer-efficientnet: {error}', file=sys.stderr)
+                return 4
     return 0
 
 

@@ -10,11 +10,13 @@ size, and records that transform and the class names in its metadata. ``--check`
 
 from __future__ import annotations
 
-import argparse
+import functools
 import inspect
+import io
 import json
 import os
 import sys
+import traceback
 import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
@@ -22,11 +24,11 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from composer_efficientnet.arguments import FORMATS, export_parser, parse
+
 __all__ = ['InferenceModel', 'load_for_inference', 'recipe_eval_transform', 'with_imagenet_defaults',
            'imagenet_class_names', 'export_model', 'read_metadata', 'run_exported', 'FORMATS', 'main']
 
-#: Export formats and the file ending each is written with by default.
-FORMATS = {'onnx': '.onnx', 'torchscript': '.ts', 'export': '.pt2'}
 #: The metadata entry of TorchScript and torch.export files (ONNX: one metadata property per key).
 METADATA_FILE = 'metadata.json'
 
@@ -100,7 +102,8 @@ def _from_recipe(path: str, overrides: Sequence[str]) -> InferenceModel:
     trainer.close()
     pretrained = recipe.model.params.get('pretrained')
     if checkpoint is not None:
-        names = class_names_in(read_checkpoint(checkpoint)) if not recipe.settings.get('load_trusted') else None
+        names = (class_names_in(read_checkpoint(checkpoint), where=f"'{checkpoint}'")
+                 if not recipe.settings.get('load_trusted') else None)
     else:
         names = _source_class_names(detect_format(as_state_dict(pretrained)), model.module.num_classes)
     return InferenceModel(model.module.eval(), recipe.model.name, str(checkpoint or pretrained),
@@ -131,8 +134,8 @@ def _from_weights(path: str) -> InferenceModel:
     module = EfficientNet.from_name(member, num_classes=num_classes, **source_bn_overrides(state_dict, member))
     load_pretrained(module, state_dict)
     source = detect_format(state_dict)
-    names = (class_names_in(read_checkpoint(path)) if source == 'composer_efficientnet' and not path.endswith(
-        '.safetensors') else _source_class_names(source, num_classes))
+    names = (class_names_in(read_checkpoint(path), where=f"'{path}'") if source == 'composer_efficientnet'
+             and not path.endswith('.safetensors') else _source_class_names(source, num_classes))
     return InferenceModel(module.eval(), member, path, with_imagenet_defaults(MEMBERS[member].eval_transform()),
                           names)
 
@@ -150,35 +153,45 @@ def _example(model: InferenceModel, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
-def export_model(model: InferenceModel, path: str, fmt: str = 'onnx') -> None:
+def export_model(model: InferenceModel, path: str, fmt: str = 'onnx', label: str = 'export') -> None:
     """Write ``model`` to ``path`` as ONNX, TorchScript or a ``torch.export`` program, with a dynamic batch
     dimension and :meth:`InferenceModel.metadata`.
+
+    The file is written whole or not at all (:func:`~composer_efficientnet.outputs.atomic_output`): the model is
+    converted first, then written to a hidden temporary file beside ``path`` (same ending), synced and renamed.
+    A failed write (a full disk, a read-only folder) raises :class:`~composer_efficientnet.outputs.OutputError`,
+    one line starting with ``label``, and leaves nothing under ``path``.
 
     Args:
         model: what :func:`load_for_inference` gives.
         path: the file to write.
         fmt: ``onnx`` (needs the ``onnx`` package: ``pip install composer-efficientnet[export]``), ``torchscript``
             or ``export``.
+        label: what gave ``path``, for the message of a failed write.
     """
+    from composer_efficientnet.outputs import atomic_output
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
     example, metadata = _example(model), model.metadata()
     with torch.no_grad():
         if fmt == 'onnx':
             import onnx
-            torch.onnx.export(model.module, (example,), path, input_names=['images'], output_names=['logits'],
+            exported = io.BytesIO()  # in memory: the metadata goes in before anything is written to disk
+            torch.onnx.export(model.module, (example,), exported, input_names=['images'], output_names=['logits'],
                               dynamic_axes={'images': {0: 'batch'}, 'logits': {0: 'batch'}}, dynamo=False,
                               opset_version=17)
-            graph = onnx.load(path)
+            graph = onnx.load_model_from_string(exported.getvalue())
             onnx.helper.set_model_props(graph, metadata)
-            onnx.save(graph, path)
+            write = functools.partial(onnx.save, graph)
         elif fmt == 'torchscript':
-            torch.jit.save(torch.jit.trace(model.module, example), path,
-                           _extra_files={METADATA_FILE: json.dumps(metadata)})
-        elif fmt == 'export':
+            traced = torch.jit.trace(model.module, example)
+            write = functools.partial(torch.jit.save, traced, _extra_files={METADATA_FILE: json.dumps(metadata)})
+        else:
             program = torch.export.export(model.module, (example,),
                                           dynamic_shapes=({0: torch.export.Dim('batch', min=1, max=65536)},))
-            torch.export.save(program, path, extra_files={METADATA_FILE: json.dumps(metadata)})
-        else:
-            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
+            write = functools.partial(torch.export.save, program, extra_files={METADATA_FILE: json.dumps(metadata)})
+        with atomic_output(path, label) as file:
+            write(file)
 
 
 def run_exported(path: str, fmt: str, images: torch.Tensor) -> torch.Tensor:
@@ -209,43 +222,43 @@ def read_metadata(path: str, fmt: str) -> Dict[str, str]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Load the weights, export, optionally check; mistakes exit with status 2 and one line on stderr."""
+    from composer_efficientnet.outputs import OutputError, folder_problem, output_problem
     from composer_efficientnet.recipe import RecipeError
     from composer_efficientnet.runner import log_around_progress_bars, report_recipe_error
     from composer_efficientnet.weights import WeightsError
-    parser = argparse.ArgumentParser(prog='composer-efficientnet export',
-                                     description=__doc__.splitlines()[0].replace('``', ''))
-    parser.add_argument('source', metavar='RECIPE|WEIGHTS', help='a YAML recipe (as for eval) or a weights file')
-    parser.add_argument('overrides', nargs='*', help='dotted.key=value overrides of the recipe')
-    parser.add_argument('--format', choices=FORMATS, default='onnx', help='file format (default: onnx)')
-    parser.add_argument('--out', metavar='PATH', help='the file to write (default: the member and the format\'s '
-                        'ending, such as efficientnet_b0.onnx)')
-    parser.add_argument('--check', action='store_true', help='run the written file on random images and print the '
-                        'largest difference from the eager model')
-    parser.add_argument('--debug', action='store_true', help='show tracebacks instead of one-line errors')
-    args = parser.parse_args(argv)
+    args = parse(export_parser(), argv)
     log_around_progress_bars()
     if args.format == 'onnx' and not _has_onnx():
         print('composer-efficientnet export: --format onnx needs the onnx and onnxruntime packages: pip install '
               "'composer-efficientnet[export]', or use --format torchscript or export", file=sys.stderr)
         return 2
-    if args.out and os.path.isdir(args.out) or args.out and not os.path.isdir(os.path.dirname(os.path.abspath(
-            args.out))):
-        print(f"composer-efficientnet export: --out: '{args.out}' is a folder or is in a folder that does not exist; "
-              'give a file name in an existing folder', file=sys.stderr)
+    # Before the weights are loaded; without --out, the file goes in the current folder under the member's name.
+    problem = output_problem(args.out, 'model' + FORMATS[args.format]) if args.out else folder_problem('.')
+    if problem:
+        print(f'composer-efficientnet export: --out: {problem}', file=sys.stderr)
         return 2
     try:
         model = load_for_inference(args.source, args.overrides)
     except RecipeError as error:
         if args.debug:
-            raise
+            traceback.print_exc()
         return report_recipe_error(error)
     except WeightsError as error:
         if args.debug:
-            raise
+            traceback.print_exc()
         print(f'composer-efficientnet export: {error}', file=sys.stderr)
         return 2
     out = args.out or model.name + FORMATS[args.format]
-    export_model(model, out, args.format)
+    try:
+        problem = None if args.out else output_problem(out, 'model' + FORMATS[args.format])
+        if problem:
+            raise OutputError(f'--out: {problem}')
+        export_model(model, out, args.format, label='--out')
+    except OutputError as error:
+        if args.debug:
+            traceback.print_exc()
+        print(f'composer-efficientnet export: {error}', file=sys.stderr)
+        return 2 if problem else 4
     size = model.transform['crop_size']
     print(f'wrote {out} ({args.format}): {model.name}, weights {model.weights}, input (batch, 3, {size}, {size})')
     if args.check:

@@ -6,23 +6,25 @@ Runs as one process, or under Composer's launcher on one node or many
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import sys
+import traceback
 from typing import List, Optional
 
 import torch
 from composer import Trainer
 from composer.utils import dist, reproducibility
 
+from composer_efficientnet.arguments import parse, train_parser
 from composer_efficientnet.callbacks import CheckpointWriteError, DivergenceError, SyncBuffers
 from composer_efficientnet.callbacks.class_names import ClassNames
 from composer_efficientnet.data import DATA_ERRORS, BadSampleReport
 from composer_efficientnet.data.errors import message_of
 from composer_efficientnet.recipe import Recipe, RecipeError, load_recipe, validate
 from composer_efficientnet.resume import (check_autoresume, check_checkpoint, check_no_earlier_run, checkpoint_must_fit,
-                                         checkpoint_savers)
-from composer_efficientnet.runner import (build_data, check_data_fits, held_out_metrics,
+                                         checkpoint_savers, loads_checked)
+from composer_efficientnet.run_lock import FolderInUseError, hold_save_folder, releases_locks
+from composer_efficientnet.runner import (build_data, check_data_fits, fail_on_every_process, held_out_metrics,
                                          ignore_short_last_batch_warnings, log_around_progress_bars, report_recipe_error,
                                          run_settings, status)
 from composer_efficientnet.trainer import SyncFreeTrainer
@@ -34,11 +36,13 @@ def build_trainer(recipe: Recipe) -> Trainer:
     """Build data, model, optimizer and everything else a validated recipe names, then the Trainer:
     :class:`SyncFreeTrainer`, or Composer's own with ``sync_free: false``.
 
-    Data is built first, so a bad data tree fails before a model is allocated or a file is written.
+    Data is built first, so a bad data tree fails before a model is allocated or a file is written; then the run
+    locks its ``save_folder`` (:func:`~composer_efficientnet.run_lock.hold_save_folder`) before anything reads it.
     """
     settings = recipe.settings
     train_data = build_data(recipe, recipe.train_dataset, settings['train_batch_size'])
     eval_data = build_data(recipe, recipe.val_dataset, settings['eval_batch_size']) if recipe.val_dataset else None
+    hold_save_folder(recipe)  # before the checks of what save_folder holds: no other run writes there from now on
     if settings.get('load_path'):
         check_checkpoint(settings['load_path'], recipe)
     resumed = check_autoresume(recipe)  # a changed recipe stops here, before a model is built
@@ -87,14 +91,10 @@ def report(trainer: Trainer) -> List[str]:
     return lines
 
 
+@releases_locks  # the save_folder's lock, however the run ends
 def main(argv: Optional[List[str]] = None) -> int:
     """Validate the recipe, build, fit, report; recipe mistakes exit with status 2 and one line on stderr."""
-    parser = argparse.ArgumentParser(prog='composer-efficientnet train',
-                                     description=__doc__.splitlines()[0].replace('``', ''))
-    parser.add_argument('recipe', help='path to a YAML recipe')
-    parser.add_argument('overrides', nargs='*', help='dotted.key=value overrides, e.g. max_duration=2ep')
-    parser.add_argument('--debug', action='store_true', help='show tracebacks instead of one-line errors')
-    args = parser.parse_args(argv)
+    args = parse(train_parser(), argv)
     ignore_short_last_batch_warnings()
     log_around_progress_bars()
     try:
@@ -102,9 +102,24 @@ def main(argv: Optional[List[str]] = None) -> int:
         trainer = build_trainer(recipe)
     except RecipeError as error:
         if args.debug:
-            raise
+            traceback.print_exc()
         return report_recipe_error(error)
-    return _fit(trainer, debug=args.debug)
+    except FolderInUseError as error:  # another run holds save_folder: every rank stops, one line per node
+        if args.debug:
+            traceback.print_exc()
+        return fail_on_every_process([f'composer-efficientnet: {error}'], 2)
+    except CheckpointWriteError as error:  # autoresume could not point the latest link at the checkpoint it resumes
+        if args.debug:
+            traceback.print_exc()
+        status(f'composer-efficientnet: {_rank_prefix()}{error}; make room there, then rerun', sys.stderr)
+        return 4
+    try:
+        with loads_checked(recipe):  # what load_checkpoint callbacks load during fit is checked as load_path is
+            return _fit(trainer, debug=args.debug)
+    except RecipeError as error:
+        if args.debug:
+            traceback.print_exc()
+        return report_recipe_error(error)
 
 
 #: Markers of a collective that failed because another process died or stopped answering.
@@ -135,18 +150,20 @@ def _fit(trainer: Trainer, debug: bool) -> int:
         return 3
     except CheckpointWriteError as error:
         if debug:
-            raise
+            traceback.print_exc()
         status(f'composer-efficientnet: {_rank_prefix()}{error}; make room there, then rerun (with autoresume: true it '
                'continues from the last checkpoint)', sys.stderr)
         return 4
     except DATA_ERRORS as error:
         if debug:
-            raise
+            traceback.print_exc()
         status(f'composer-efficientnet: {_rank_prefix()}{message_of(error)}', sys.stderr)
         return 2
     except RuntimeError as error:
-        if debug or not _lost_process(error):
+        if not _lost_process(error):
             raise
+        if debug:
+            traceback.print_exc()
         status(f'composer-efficientnet: {_rank_prefix()}lost contact with another process '
                f'({str(error).splitlines()[0]}); rerun the same command to resume every process from the last '
                'checkpoint', sys.stderr)

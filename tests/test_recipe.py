@@ -120,9 +120,10 @@ def test_bad_override_syntax(tmp_path, capsys):
     assert 'an override is written key=value' in capsys.readouterr().err
 
 
-def test_debug_shows_traceback(tmp_path):
-    with pytest.raises(RecipeError):
-        train.main([write(tmp_path, with_changes(max_epochs=3)), '--debug'])
+def test_debug_shows_traceback(tmp_path, capsys):
+    assert train.main([write(tmp_path, with_changes(max_epochs=3)), '--debug']) == 2  # the status stays
+    err = capsys.readouterr().err
+    assert 'Traceback (most recent call last)' in err and 'recipe error: max_epochs' in err.strip().splitlines()[-1]
 
 
 def test_overrides(tmp_path):
