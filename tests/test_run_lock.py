@@ -1,7 +1,8 @@
 """One run per save_folder (composer_efficientnet/run_lock.py): the lock itself (refused from another process
 with the holder named; free again once the holder ends, SIGKILL included), two runs started into one folder at
 once (one trains, the other stops with one line and the first one's checkpoints are intact), and the ranks of
-one run (global rank 0 holds the lock for all; every rank of a refused run stops by itself).
+one run (global rank 0 holds the lock for all; every rank of a refused run stops by itself, and under
+``composer -n 2`` the launcher exits 2 with the line once).
 
 The runs go through ``python -m tests.test_run_lock GATE RECIPE [overrides]``: ``composer_efficientnet.train``
 with a callback that waits at the start of fit, once the run holds its folder, until the file ``GATE/go``
@@ -33,7 +34,7 @@ from composer.utils import dist
 from composer_efficientnet import run_lock, train
 from composer_efficientnet.run_lock import LOCK_FILENAME, FolderInUseError, acquire, hold_save_folder, read_holder
 from tests.bad_inputs import with_run, write_recipe
-from tests.processes import ENV, free_port, stop
+from tests.processes import ENV, free_port, launch, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = re.escape(socket.gethostname())
@@ -368,6 +369,20 @@ def test_every_rank_of_a_refused_run_stops_with_the_line(tmp_path, started, hold
         last = _err_lines(tmp_path, f'refused-rank{rank}')[-1]
         assert re.fullmatch('composer-efficientnet: ' + _in_use('checkpoints', 'other', process.pid), last), last
     assert _snapshot(tmp_path / 'checkpoints') == before
+
+
+@pytest.mark.slow
+def test_a_refused_run_under_the_launcher_is_one_line_and_exit_2(tmp_path, holder):
+    """``composer -n 2``: rank 0 prints the line and exits 2; the launcher stops rank 1 (waiting for it to) and
+    exits 2, not with the status of the rank it stopped."""
+    process = holder(tmp_path / 'checkpoints', 'a')
+    code, output = launch('composer_efficientnet.train', [write_recipe(tmp_path, with_run()), *SHORT, 'run_name=b'],
+                          tmp_path, timeout=300)
+    assert code == 2, output
+    lines = [line for line in output.splitlines() if 'is in use by' in line]
+    assert len(lines) == 1 and re.fullmatch('composer-efficientnet: ' + _in_use('checkpoints', 'a', process.pid),
+                                            lines[0]), output
+    assert 'is in use by' not in (tmp_path / 'rank1.err').read_text()
 
 
 if __name__ == '__main__':
